@@ -1,0 +1,215 @@
+"""A Case: one fully specified inference, every knob explicit.
+
+Cases are what plans expand to and what the engine runs. They are flat (one column per
+knob in the results table), immutable, validated on construction, and hashable into a
+stable key so a rerun can tell which cases are already done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ParityError, did_you_mean
+from .knobs import choices
+
+DTYPES = ("bf16", "fp16", "fp32")
+QUANTIZE = ("none", "qfloat8")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA file applied with a scale and a mode (see ``parity.knobs.lora_modes``)."""
+
+    path: str
+    scale: float = 1.0
+    mode: str = "dynamic"
+
+    @classmethod
+    def from_value(cls, value: Any, where: str) -> "LoraSpec":
+        if isinstance(value, str):
+            return cls(path=value)
+        if isinstance(value, (list, tuple)) and 1 <= len(value) <= 3:
+            return cls(*value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"path", "scale", "mode"}
+            if unknown:
+                key = sorted(unknown)[0]
+                raise ParityError(f'{where}: unknown LoRA key "{key}"{did_you_mean(key, ["path", "scale", "mode"])}')
+            if "path" not in value:
+                raise ParityError(f"{where}: a LoRA needs a path")
+            return cls(**value)
+        raise ParityError(f"{where}: a LoRA is a path, [path, scale, mode] or {{path, scale, mode}}, not {value!r}")
+
+
+def _knob(family: str, default: str, doc: str):
+    return field(default=default, metadata={"family": family, "doc": doc})
+
+
+def _num(default, doc: str, lo=None, hi=None):
+    return field(default=default, metadata={"doc": doc, "range": (lo, hi)})
+
+
+@dataclass(frozen=True)
+class Case:
+    """Everything that decides one output image (defaults: plain diffusers FluxKontextPipeline)."""
+
+    name: str = field(default="case", metadata={"doc": "unique name within a plan"})
+    prompt: str = field(default="", metadata={"doc": "the edit instruction, after trigger words and flags"})
+    control_image: str | None = field(default=None, metadata={"doc": "path of the control (input) image"})
+    preview: str | None = field(default=None, metadata={"doc": "path of the image this output should reproduce"})
+    # sampling
+    steps: int = _num(28, "denoising steps", 1, 1000)
+    guidance: float = _num(3.5, "guidance value (embedding for distilled guidance)", 0.0, 100.0)
+    guidance_mode: str = _knob("guidance_mode", "embedded", "embedded | true_cfg")
+    negative_prompt: str = field(default="", metadata={"doc": "used only by true_cfg"})
+    true_cfg_scale: float = _num(1.0, "true CFG scale (true_cfg runs only when > 1)", 0.0, 100.0)
+    seed: int = _num(0, "noise seed", 0, 2**63 - 1)
+    generator: str = _knob("generator", "cpu", "cpu | global | cuda")
+    # sizes
+    width: int = _num(1024, "requested output width", 16, 16384)
+    height: int = _num(1024, "requested output height", 16, 16384)
+    snap: str = _knob("snap", "none", "snapping rule for the requested size")
+    max_area: int | None = _num(1024 * 1024, "pipeline max_area (null: width*height after snapping)", 256, 16384 * 16384)
+    # control image preparation
+    control_exif_transpose: bool = field(default=False, metadata={"doc": "apply EXIF orientation"})
+    control_alpha: str = _knob("alpha", "drop", "drop | white")
+    control_target: str = _knob("control_target", "none", "size the control image is resized to first")
+    control_resize: str = _knob("resize", "bilinear", "filter for that first resize")
+    control_fit: str = _knob("fit", "stretch", "stretch | fit | crop")
+    control_auto_resize: bool = field(default=True, metadata={"doc": "snap to a preferred Kontext resolution"})
+    control_pipeline_resize: str = _knob("resize", "lanczos", "filter of the pipeline's own resize")
+    # scheduler
+    sigma_schedule: str = _knob("sigma_schedule", "flux", "un-shifted sigmas")
+    dynamic_shifting: bool = field(default=True, metadata={"doc": "resolution-dependent shift (mu)"})
+    shift: float = _num(3.0, "static shift when dynamic shifting is off", 0.01, 100.0)
+    base_shift: float = _num(0.5, "mu at base_image_seq_len", -10.0, 10.0)
+    max_shift: float = _num(1.15, "mu at max_image_seq_len", -10.0, 10.0)
+    # numerics
+    dtype: str = field(default="bf16", metadata={"doc": "bf16 | fp16 | fp32", "choices": DTYPES})
+    quantize: str = field(default="none", metadata={"doc": "none | qfloat8 (transformer and T5)", "choices": QUANTIZE})
+    loras: tuple[LoraSpec, ...] = field(default=(), metadata={"doc": "LoRAs: [path, scale, mode]"})
+    # output
+    output_format: str = _knob("output_format", "png", "png | jpeg | webp")
+    output_quality: int | None = _num(None, "JPEG/WebP quality", 1, 100)
+    # bookkeeping (not knobs): where the case came from, whether the gate counts it
+    gated: bool = field(default=True, metadata={"doc": "count this case in `parity check`"})
+    tags: tuple[tuple[str, str], ...] = field(default=(), metadata={"doc": "free labels (profile, checkpoint, ...)"})
+
+    def __post_init__(self):
+        where = f'case "{self.name}"'
+        for f in fields(self):
+            value = getattr(self, f.name)
+            family = f.metadata.get("family")
+            if family and value not in choices(family):
+                raise ParityError(
+                    f'{where}: {f.name} "{value}" is not known{did_you_mean(value, choices(family))};'
+                    f" choose one of: {', '.join(choices(family))}"
+                )
+            allowed = f.metadata.get("choices")
+            if allowed and value not in allowed:
+                raise ParityError(f'{where}: {f.name} "{value}" is not one of {", ".join(allowed)}{did_you_mean(value, allowed)}')
+            lo, hi = f.metadata.get("range", (None, None))
+            if value is not None and (lo is not None or hi is not None):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ParityError(f"{where}: {f.name} must be a number, not {value!r}")
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    raise ParityError(f"{where}: {f.name}={value} is outside [{lo}, {hi}]")
+        if self.guidance_mode == "true_cfg" and self.true_cfg_scale > 1 and not self.negative_prompt:
+            pass  # diffusers runs true CFG with an empty negative prompt too; allowed.
+        for lora in self.loras:
+            if lora.mode not in choices("lora_mode"):
+                raise ParityError(
+                    f'{where}: LoRA mode "{lora.mode}" is not known{did_you_mean(lora.mode, choices("lora_mode"))};'
+                    f" choose one of: {', '.join(choices('lora_mode'))}"
+                )
+            if not -100 <= float(lora.scale) <= 100:
+                raise ParityError(f"{where}: LoRA scale {lora.scale} is outside [-100, 100]")
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str | None = None) -> "Case":
+        """Build from YAML/JSON data; unknown keys and bad types name the key and a close match."""
+        if not isinstance(data, dict):
+            raise ParityError(f"a case must be a mapping, not {type(data).__name__}", source=source)
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        where = f'case "{data.get("name", "?")}"'
+        try:
+            for key, value in data.items():
+                if key not in known:
+                    raise ParityError(f'{where}: unknown key "{key}"{did_you_mean(key, known)}')
+                values[key] = _coerce(known[key], value, where)
+            return cls(**values)
+        except ParityError as err:
+            raise ParityError(err.problem, source=source or err.source) from None
+
+    def replace(self, **changes) -> "Case":
+        return dataclasses.replace(self, **changes)
+
+    # --- views --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["loras"] = [dataclasses.asdict(lora) for lora in self.loras]
+        data["tags"] = dict(self.tags)
+        return data
+
+    def columns(self) -> dict:
+        """Flat knob columns for the results table (LoRAs joined into strings)."""
+        data = self.to_dict()
+        data["loras"] = ";".join(f"{lo['path']}@{lo['scale']}:{lo['mode']}" for lo in data["loras"])
+        tags = data.pop("tags")
+        data.update({f"tag_{k}": v for k, v in tags.items()})
+        return data
+
+    def key(self) -> str:
+        """Stable id of everything that decides the output (name and gating excluded)."""
+        data = self.to_dict()
+        for skip in ("name", "gated", "tags", "preview"):
+            data.pop(skip)
+        blob = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def tag(self, name: str, default: str | None = None) -> str | None:
+        return dict(self.tags).get(name, default)
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    name = f.name
+    if name == "loras":
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(LoraSpec.from_value(v, f"{where}, loras[{i}]") for i, v in enumerate(value))
+    if name == "tags":
+        if not isinstance(value, dict):
+            raise ParityError(f"{where}: tags must be a mapping")
+        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+    default = f.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ParityError(f"{where}: {name} must be true or false, not {value!r}")
+        return value
+    if value is None:
+        if default is None or name in ("control_image", "preview", "max_area", "output_quality"):
+            return None
+        raise ParityError(f"{where}: {name} cannot be null")
+    if isinstance(default, int) or name in ("max_area", "output_quality", "width", "height", "steps", "seed"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ParityError(f"{where}: {name} must be an integer, not {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParityError(f"{where}: {name} must be a number, not {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ParityError(f"{where}: {name} must be a string, not {value!r}")
+    return value
+
+
+def knob_names() -> list[str]:
+    """The fields that are knobs (everything but identity and bookkeeping)."""
+    return [f.name for f in fields(Case) if f.name not in ("name", "prompt", "control_image", "preview", "gated", "tags")]

@@ -1,0 +1,69 @@
+"""Loading a Kontext base: device choice, dtype, offload, and the tiny embedded model.
+
+Every base, the 12B checkpoint and the 1 MB demo model alike, goes through
+``FluxKontextPipeline.from_pretrained``, so what is proven here on CPU is the real path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ParityError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OFFLOAD = ("none", "model", "sequential")
+DEFAULT_BASE = "black-forest-labs/FLUX.1-Kontext-dev"
+EMBEDDED_BASE = Path(__file__).resolve().parent.parent / "data" / "tiny-kontext"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParityError(f'device "{requested}" asked for, but this machine has no CUDA device')
+    return device
+
+
+def resolve_base(base: str | os.PathLike | None) -> str:
+    """A local folder, 'embedded' (the tiny demo model) or a Hugging Face model id."""
+    if base in (None, "", "embedded"):
+        return str(EMBEDDED_BASE)
+    return str(base)
+
+
+def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "none"):
+    from diffusers import FluxKontextPipeline
+    from diffusers.utils import logging as dlogging
+
+    if offload not in OFFLOAD:
+        raise ParityError(f'offload "{offload}" is not one of {", ".join(OFFLOAD)}')
+    if offload != "none" and device.type != "cuda":
+        raise ParityError(f'offload "{offload}" moves weights between CPU and a GPU; device is {device.type}')
+    local = Path(base).is_dir()
+    if not local and Path(base).exists():
+        raise ParityError("a base model must be a folder saved by save_pretrained or a model id", source=base)
+    if local and not (Path(base) / "model_index.json").is_file():
+        raise ParityError("no model_index.json: not a diffusers pipeline folder", source=base)
+    dlogging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        pipe = FluxKontextPipeline.from_pretrained(base, torch_dtype=DTYPES[dtype], local_files_only=local)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ParityError(f"cannot load the base model: {err}", source=base) from None
+    pipe.set_progress_bar_config(disable=True)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe

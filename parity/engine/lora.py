@@ -1,0 +1,249 @@
+"""LoRA files: read once, format detected, every key accounted for, applied in a chosen mode.
+
+A LoRA that silently applies nothing is the commonest "my LoRA does nothing" report
+(diffusers only logs a warning), so every file gets an audit and a file of which no key
+reaches the transformer is an error.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ParityError
+from ..knobs import lookup
+
+PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+_PAIR = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class LoraAudit:
+    path: str
+    format: str
+    keys_in_file: int
+    modules_in_file: int
+    modules_applied: int
+    dropped: dict[str, str] = field(default_factory=dict)  # module or key -> reason
+    rank: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "lora_path": self.path,
+            "lora_format": self.format,
+            "lora_keys_in_file": self.keys_in_file,
+            "lora_modules_in_file": self.modules_in_file,
+            "lora_modules_applied": self.modules_applied,
+            "lora_dropped": len(self.dropped),
+        }
+
+
+@dataclass
+class LoraFile:
+    """A LoRA normalised to transformer module paths with float32 down/up (alpha folded in)."""
+
+    path: str
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    audit: LoraAudit
+
+    def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for module, (down, up) in self.modules.items():
+            out[f"transformer.{module}.lora_A.weight"] = down
+            out[f"transformer.{module}.lora_B.weight"] = up
+        return out
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Only safetensors are read; pickles are refused without being opened."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ParityError("LoRA file not found", source=path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ParityError(
+            "is a pickle-based checkpoint; kontext-parity loads LoRAs only from .safetensors "
+            "(a pickle can run code when loaded)", source=path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ParityError(f"not a readable safetensors file (truncated or corrupt?): {err}", source=path) from None
+    if not tensors:
+        raise ParityError("the safetensors file holds no tensors", source=path)
+    return tensors, metadata
+
+
+def detect_format(keys) -> str:
+    keys = list(keys)
+    if any(k.startswith(("lora_unet_", "lora_transformer_", "lora_te")) for k in keys):
+        return "kohya"
+    if any(k.startswith("diffusion_model.") for k in keys):
+        return "diffusion_model"
+    if any("processor" in k for k in keys):
+        return "xlabs"
+    if any(k.startswith("transformer.") for k in keys):
+        return "peft"
+    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in keys):
+        return "peft-unprefixed"
+    if any(k.startswith(("double_blocks.", "single_blocks.")) for k in keys):
+        return "bfl"
+    return "unknown"
+
+
+def _to_diffusers_keys(tensors: dict, fmt: str, path: Path) -> dict:
+    """Rename to diffusers' 'transformer.<module>.lora_A/B.weight' where we know how."""
+    if fmt == "peft":
+        return tensors
+    if fmt == "peft-unprefixed":
+        return {f"transformer.{k}": v for k, v in tensors.items()}
+    if fmt == "diffusion_model":
+        stripped = {k[len("diffusion_model."):] if k.startswith("diffusion_model.") else k: v for k, v in tensors.items()}
+        if detect_format(stripped) == "bfl":
+            raise ParityError(
+                "LoRA keys use the 'diffusion_model.' prefix with original BFL module names (double_blocks/"
+                "single_blocks, fused qkv); diffusers loads none of them. Convert it to diffusers names "
+                "(transformer.transformer_blocks...) first", source=path)
+        return {f"transformer.{k}" if not k.startswith("transformer.") else k: v for k, v in stripped.items()}
+    from diffusers import FluxKontextPipeline
+
+    try:
+        converted = FluxKontextPipeline.lora_state_dict(dict(tensors))
+    except Exception as err:  # the converters raise bare errors on foreign layouts
+        raise ParityError(f"cannot convert a {fmt} LoRA: {err}", source=path) from None
+    return converted[0] if isinstance(converted, tuple) else converted
+
+
+def load_lora_file(path: str | Path, transformer) -> LoraFile:
+    """Read, convert and audit one LoRA against a transformer's modules."""
+    path = Path(path)
+    tensors, metadata = read_safetensors(path)
+    fmt = detect_format(tensors)
+    keys = _to_diffusers_keys(tensors, fmt, path)
+    alphas = {k[: -len(".alpha")]: float(v) for k, v in keys.items() if k.endswith(".alpha")}
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    dropped: dict[str, str] = {}
+    for key, value in keys.items():
+        if key.endswith(".alpha"):
+            continue
+        match = _PAIR.match(key)
+        if not match or not match["module"].startswith("transformer."):
+            dropped[key] = "not a transformer LoRA weight (text encoder and other keys are not applied)"
+            continue
+        kind = "down" if match["kind"] in ("lora_A", "lora_down") else "up"
+        pairs.setdefault(match["module"][len("transformer."):], {})[kind] = value
+    named = dict(transformer.named_modules())
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    rank = None
+    for module, pair in sorted(pairs.items()):
+        target = named.get(module)
+        if target is not None and hasattr(target, "base_layer"):
+            target = target.base_layer
+        if "down" not in pair or "up" not in pair:
+            dropped[module] = "half of the down/up pair is missing"
+        elif target is None:
+            dropped[module] = "no such module in the transformer"
+        elif not isinstance(target, torch.nn.Linear):
+            dropped[module] = f"targets a {type(target).__name__}, only Linear layers are supported"
+        else:
+            down, up = pair["down"].float(), pair["up"].float()
+            if down.dim() != 2 or up.dim() != 2:
+                down, up = down.flatten(1), up.flatten(1)
+            if down.shape[1] != target.in_features or up.shape[0] != target.out_features or up.shape[1] != down.shape[0]:
+                dropped[module] = (f"shape {tuple(up.shape)}x{tuple(down.shape)} does not fit "
+                                   f"Linear({target.in_features}, {target.out_features})")
+                continue
+            alpha = alphas.get(f"transformer.{module}")
+            if alpha is not None:
+                down = down * (alpha / down.shape[0])
+            modules[module] = (down.contiguous(), up.contiguous())
+            rank = down.shape[0]
+    audit = LoraAudit(str(path), fmt, len(tensors), len(pairs), len(modules), dropped, rank, metadata)
+    if not modules:
+        reasons = sorted(set(dropped.values()))
+        sample = ", ".join(list(tensors)[:3])
+        raise ParityError(
+            f"no key of this LoRA applies to the FLUX.1-Kontext transformer (format {fmt}; {len(tensors)} keys, "
+            f"e.g. {sample}; reasons: {'; '.join(reasons) or 'no LoRA pairs found'})", source=path)
+    return LoraFile(str(path), modules, audit)
+
+
+class LoraApplier:
+    """Applies a case's LoRAs to one pipeline and undoes them, leaving the exact base behind.
+
+    Adapters are loaded into PEFT once per file and switched by adapter weight; fused and
+    merged modes snapshot the weights they change and copy them back afterwards, because
+    unfusing in bf16 does not give the base back bit for bit.
+    """
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.adapters: dict[str, str] = {}  # file path -> adapter name
+
+    def _adapter(self, lora: LoraFile) -> str:
+        if lora.path not in self.adapters:
+            name = f"lora{len(self.adapters)}"
+            self.pipe.load_lora_weights(lora.peft_state_dict(), adapter_name=name)
+            self.adapters[lora.path] = name
+        return self.adapters[lora.path]
+
+    def _linear(self, module: str) -> torch.nn.Linear:
+        target = self.transformer.get_submodule(module)
+        return target.base_layer if hasattr(target, "base_layer") else target
+
+    @contextmanager
+    def applied(self, items: list[tuple[LoraFile, float, str]]):
+        """items: (file, scale, mode). Restores the base on exit, also after an error."""
+        peft = [(f, s, m) for f, s, m in items if m in ("dynamic", "fused")]
+        ours = [(f, s, m) for f, s, m in items if m in ("branch", "merged_fp32")]
+        snapshot: dict[str, torch.Tensor] = {}
+        hooks = []
+        fused = False
+        try:
+            if peft:
+                names = [self._adapter(f) for f, _, _ in peft]
+                self.pipe.enable_lora()
+                self.pipe.set_adapters(names, [float(s) for _, s, _ in peft])
+                if any(m == "fused" for _, _, m in peft):
+                    if any(m == "dynamic" for _, _, m in peft):
+                        raise ParityError("a case cannot mix fused and dynamic LoRAs")
+                    snapshot.update(self._snapshot({m for f, _, _ in peft for m in f.modules}))
+                    self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
+                    fused = True
+            elif self.adapters:
+                self.pipe.disable_lora()
+            for lora, scale, mode in ours:
+                fn = lookup("lora_mode", mode)
+                for module, (down, up) in lora.modules.items():
+                    linear = self._linear(module)
+                    device = linear.weight.device
+                    down_d, up_d = down.to(device), up.to(device)
+                    if mode == "merged_fp32":
+                        if module not in snapshot:
+                            snapshot[module] = linear.weight.detach().to("cpu", copy=True)
+                        with torch.no_grad():
+                            linear.weight.copy_(fn(linear.weight, down_d, up_d, float(scale)))
+                    else:
+                        hooks.append(linear.register_forward_hook(
+                            lambda mod, args, out, d=down_d, u=up_d, s=float(scale), f=fn: f(args[0], out, d, u, s)))
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            if fused:
+                self.pipe.unfuse_lora(components=["transformer"])
+            with torch.no_grad():
+                for module, weight in snapshot.items():
+                    linear = self._linear(module)
+                    linear.weight.copy_(weight.to(linear.weight.device))
+            if peft:
+                self.pipe.disable_lora()
+
+    def _snapshot(self, modules) -> dict[str, torch.Tensor]:
+        return {m: self._linear(m).weight.detach().to("cpu", copy=True) for m in modules}

@@ -1,0 +1,136 @@
+"""Control-image preparation: the knobs that decide which pixels the VAE encodes.
+
+The chain mirrors what servers and AI Toolkit do, one step per knob:
+load -> EXIF transpose (or not) -> RGB (alpha dropped or composited) -> resize to a
+target (method + stretch/fit/crop) -> the pipeline's own step (optional auto-resize to a
+preferred Kontext resolution, floor to 16, resize with its method, LANCZOS in diffusers).
+"""
+from __future__ import annotations
+
+from PIL import Image, ImageOps
+
+from .registry import describe_family, register
+from .sizing import preferred_resolution
+
+describe_family("resize", "PIL resampling filter used when a control image is resized")
+describe_family("fit", "how a control image is brought to a target size of another aspect")
+describe_family("alpha", "what happens to a control image's alpha channel")
+describe_family("control_target", "the size the control image is resized to before the pipeline")
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def _resize_with(filter_):
+    def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        # PIL returns an exact copy when the size is unchanged, as diffusers relies on.
+        return image.resize(size, resample=filter_)
+
+    return resize
+
+
+for _name, _filter in RESAMPLE.items():
+    register("resize", _name)(_resize_with(_filter))
+
+
+@register("fit", "stretch")
+def fit_stretch(image: Image.Image, size: tuple[int, int], resize) -> Image.Image:
+    """Resize straight to the target, distorting the aspect (AI Toolkit, the reference server)."""
+    return resize(image, size)
+
+
+@register("fit", "crop")
+def fit_crop(image: Image.Image, size: tuple[int, int], resize) -> Image.Image:
+    """Scale to cover the target, then centre-crop the overflow."""
+    tw, th = size
+    scale = max(tw / image.width, th / image.height)
+    cover = (max(tw, round(image.width * scale)), max(th, round(image.height * scale)))
+    scaled = resize(image, cover)
+    left, top = (cover[0] - tw) // 2, (cover[1] - th) // 2
+    return scaled.crop((left, top, left + tw, top + th))
+
+
+@register("fit", "fit")
+def fit_pad(image: Image.Image, size: tuple[int, int], resize) -> Image.Image:
+    """Scale to fit inside the target, keep the aspect, pad the rest with black."""
+    tw, th = size
+    scale = min(tw / image.width, th / image.height)
+    inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    canvas.paste(resize(image, inner), ((tw - inner[0]) // 2, (th - inner[1]) // 2))
+    return canvas
+
+
+@register("alpha", "drop")
+def alpha_drop(image: Image.Image) -> Image.Image:
+    """PIL convert("RGB"): alpha discarded, hidden colours show (AI Toolkit, diffusers)."""
+    return image.convert("RGB")
+
+
+@register("alpha", "white")
+def alpha_white(image: Image.Image) -> Image.Image:
+    """Composite transparent pixels over white before dropping alpha."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+@register("control_target", "none")
+def target_none(requested: tuple[int, int], output: tuple[int, int]):
+    """Leave the image at its own size: only the pipeline step touches it."""
+    return None
+
+
+@register("control_target", "requested")
+def target_requested(requested: tuple[int, int], output: tuple[int, int]):
+    """The snapped size handed to the pipeline (AI Toolkit: the 8-floored sample size)."""
+    return requested
+
+
+@register("control_target", "output")
+def target_output(requested: tuple[int, int], output: tuple[int, int]):
+    """The final 16-aligned output size (the reference server)."""
+    return output
+
+
+def prepare_control(
+    image: Image.Image,
+    *,
+    exif_transpose: bool,
+    alpha: str,
+    target: str,
+    resize: str,
+    fit: str,
+    auto_resize: bool,
+    pipeline_resize: str,
+    requested: tuple[int, int],
+    output: tuple[int, int],
+) -> tuple[Image.Image, Image.Image, dict]:
+    """Run the chain; returns (image handed to the pipeline, image the VAE sees, sizes seen)."""
+    from .registry import lookup
+
+    trace = {"control_file_size": list(image.size)}
+    if exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    image = lookup("alpha", alpha)(image)
+    size = lookup("control_target", target)(requested, output)
+    if size is not None and tuple(size) != image.size:
+        image = lookup("fit", fit)(image, tuple(size), lookup("resize", resize))
+    handed = image
+    trace["control_size_passed"] = list(handed.size)
+    # diffusers floors to 16 first, takes the aspect of that, then snaps and floors again.
+    width, height = handed.width // 16 * 16, handed.height // 16 * 16
+    if auto_resize:
+        width, height = preferred_resolution(width, height)
+    width, height = width // 16 * 16, height // 16 * 16
+    encoded = lookup("resize", pipeline_resize)(handed, (width, height))
+    trace["control_size_encoded"] = [width, height]
+    return handed, encoded, trace

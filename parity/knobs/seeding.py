@@ -1,0 +1,34 @@
+"""Seed policies: where the initial noise's random numbers come from.
+
+The same seed gives different noise on a CPU and a CUDA generator, which is a common,
+silent cause of "different image, same settings".
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ParityError
+from .registry import describe_family, register
+
+describe_family("generator", "which torch generator draws the initial noise")
+
+
+@register("generator", "cpu")
+def generator_cpu(seed: int, device: torch.device):
+    """torch.Generator('cpu').manual_seed(seed) (reference server, most diffusers scripts)."""
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+@register("generator", "global")
+def generator_global(seed: int, device: torch.device):
+    """torch.manual_seed(seed) and no generator: the global CPU generator (AI Toolkit)."""
+    torch.manual_seed(seed)
+    return None
+
+
+@register("generator", "cuda")
+def generator_cuda(seed: int, device: torch.device):
+    """torch.Generator('cuda').manual_seed(seed): noise drawn on the GPU."""
+    if not torch.cuda.is_available():
+        raise ParityError("generator 'cuda' needs a CUDA device; this machine has none (use 'cpu' or 'global')")
+    return torch.Generator("cuda").manual_seed(seed)
