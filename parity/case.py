@@ -71,6 +71,7 @@ class Case:
     # sizes
     width: int = _num(1024, "requested output width", 16, 16384)
     height: int = _num(1024, "requested output height", 16, 16384)
+    size_source: str = _knob("size_source", "request", "where the requested size comes from")
     snap: str = _knob("snap", "none", "snapping rule for the requested size")
     max_area: int | None = _num(1024 * 1024, "pipeline max_area (null: width*height after snapping)", 256, 16384 * 16384)
     # control image preparation
@@ -117,8 +118,6 @@ class Case:
                     raise ParityError(f"{where}: {f.name} must be a number, not {value!r}")
                 if (lo is not None and value < lo) or (hi is not None and value > hi):
                     raise ParityError(f"{where}: {f.name}={value} is outside [{lo}, {hi}]")
-        if self.guidance_mode == "true_cfg" and self.true_cfg_scale > 1 and not self.negative_prompt:
-            pass  # diffusers runs true CFG with an empty negative prompt too; allowed.
         for lora in self.loras:
             if lora.mode not in choices("lora_mode"):
                 raise ParityError(

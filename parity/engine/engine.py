@@ -106,7 +106,11 @@ class Engine:
         reset_peak_memory(device)
         loras = [(self.lora_file(l.path, pipe.transformer), l.scale, l.mode) for l in case.loras]
 
-        requested = lookup("snap", case.snap)(case.width, case.height)
+        control_size = _image_size(Path(case.control_image)) if case.control_image else None
+        if control_size and case.control_exif_transpose and _exif_rotated(Path(case.control_image)):
+            control_size = control_size[::-1]
+        asked = lookup("size_source", case.size_source)(case.width, case.height, control_size)
+        requested = lookup("snap", case.snap)(*asked)
         max_area = case.max_area if case.max_area is not None else requested[0] * requested[1]
         out_w, out_h = pipeline_output_size(requested[0], requested[1], max_area)
         if out_w < 16 or out_h < 16:
@@ -266,6 +270,21 @@ def _read_bytes(path: Path, what: str) -> bytes:
     if not data:
         raise ParityError(f"{what} is empty", source=path)
     return data
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Size from the header only (cheap); unreadable files fail later with a clear error."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        return _open_image(path).size
+
+
+def _exif_rotated(path: Path) -> bool:
+    """Orientations 5-8 swap width and height once the EXIF transpose is applied."""
+    with Image.open(path) as image:
+        return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
 
 
 def _open_image(path: Path) -> Image.Image:

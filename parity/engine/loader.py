@@ -5,13 +5,14 @@ Every base, the 12B checkpoint and the 1 MB demo model alike, goes through
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import ParityError
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silence "requires torchvision" notices
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "model", "sequential")
@@ -53,10 +54,14 @@ def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "n
         raise ParityError("a base model must be a folder saved by save_pretrained or a model id", source=base)
     if local and not (Path(base) / "model_index.json").is_file():
         raise ParityError("no model_index.json: not a diffusers pipeline folder", source=base)
+    from transformers.utils import logging as tlogging
+
     dlogging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    dlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
     try:
-        pipe = FluxKontextPipeline.from_pretrained(base, torch_dtype=DTYPES[dtype], local_files_only=local)
+        pipe = FluxKontextPipeline.from_pretrained(base, dtype=DTYPES[dtype], local_files_only=local)
     except (OSError, ValueError, EnvironmentError) as err:
         raise ParityError(f"cannot load the base model: {err}", source=base) from None
     pipe.set_progress_bar_config(disable=True)

@@ -32,6 +32,7 @@ def _resize_with(filter_):
         # PIL returns an exact copy when the size is unchanged, as diffusers relies on.
         return image.resize(size, resample=filter_)
 
+    resize.__doc__ = f"PIL {filter_.name} resampling"
     return resize
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .registry import describe_family, register
 
 describe_family("snap", "requested width/height -> size passed to the pipeline")
+describe_family("size_source", "where the requested width/height come from (the request or the control image)")
 
 # FLUX.1-Kontext-dev's preferred resolutions (diffusers PREFERRED_KONTEXT_RESOLUTIONS), as (width, height).
 PREFERRED_KONTEXT_RESOLUTIONS = (
@@ -65,3 +66,22 @@ def preferred_resolution(width: int, height: int) -> tuple[int, int]:
     aspect = width / height
     _, w, h = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
     return w, h
+
+
+@register("size_source", "request")
+def size_from_request(width: int, height: int, control_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The width/height of the request (AI Toolkit, the reference server, diffusers with explicit sizes)."""
+    return width, height
+
+
+@register("size_source", "control")
+def size_from_control(width: int, height: int, control_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The control image's own size ("match input" services); the request's size without one."""
+    return tuple(control_size) if control_size else (width, height)
+
+
+@register("size_source", "control_preferred")
+def size_from_control_preferred(width: int, height: int, control_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The preferred Kontext resolution nearest the control image's aspect ("auto" resolution modes)."""
+    w, h = control_size if control_size else (width, height)
+    return preferred_resolution(w, h)

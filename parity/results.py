@@ -1,0 +1,144 @@
+"""The results table of a run folder: appended row by row, never rewritten in place.
+
+``results.jsonl`` gets one line per finished case, flushed and fsynced before the next case
+starts, so a killed run loses at most the case in flight; a rerun reads it back and skips
+every case whose inputs and knobs are unchanged. The CSV/JSON views are regenerated
+atomically from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .errors import ParityError
+
+ROWS = "results.jsonl"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside the target, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value):
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return str(value)  # "inf" / "nan": JSON has no literal for them
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def safe_name(name: str) -> str:
+    """A case name as a file name: readable, no path separators."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_")[:120] or "case"
+
+
+class ResultsStore:
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ParityError(f"cannot write to the output folder: {err.strerror}", source=self.dir) from None
+        self.rows_path = self.dir / ROWS
+
+    def rows(self) -> list[dict]:
+        """Every complete row; a last line cut short by a kill is ignored."""
+        if not self.rows_path.is_file():
+            return []
+        rows = []
+        for number, line in enumerate(self.rows_path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a partial line from an interrupted append
+        return rows
+
+    def done(self) -> dict[str, dict]:
+        """run_key -> row for cases that finished and whose output file is still there."""
+        out = {}
+        for row in self.rows():
+            if row.get("status") == "ok" and (self.dir / row.get("output_file", "")).is_file():
+                out[row["run_key"]] = row
+        return out
+
+    def append(self, row: dict) -> None:
+        line = json.dumps(_jsonable(row), sort_keys=False, default=str) + "\n"
+        try:
+            with open(self.rows_path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise ParityError(f"cannot append a result row: {err.strerror}", source=self.rows_path) from None
+
+    def latest_rows(self) -> list[dict]:
+        """One row per case name, the newest (a rerun after a fix replaces an error row)."""
+        latest: dict[str, dict] = {}
+        for row in self.rows():
+            latest[row["name"]] = row
+        return list(latest.values())
+
+    def write_tables(self) -> dict[str, Path]:
+        """results.csv and results.json (and results.parquet when pyarrow is present)."""
+        import pandas as pd
+
+        rows = self.latest_rows()
+        frame = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
+                              for r in rows])
+        paths = {"csv": self.dir / "results.csv", "json": self.dir / "results.json"}
+        write_atomic(paths["csv"], frame.to_csv(index=False))
+        write_atomic(paths["json"], json.dumps(_jsonable(rows), indent=1, default=str))
+        try:
+            import io
+
+            buffer = io.BytesIO()
+            frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(buffer)
+            paths["parquet"] = self.dir / "results.parquet"
+            write_atomic(paths["parquet"], buffer.getvalue())
+        except ImportError:
+            pass
+        return paths
+
+
+def file_digest(path: str | Path, _cache: dict = {}) -> str:
+    """sha256 of a file's bytes, memoised per (path, size, mtime) for the life of the process."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _cache[key] = digest.hexdigest()[:16]
+    return _cache[key]
