@@ -37,14 +37,15 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
-def _jsonable(value):
-    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
-        return str(value)  # "inf" / "nan": JSON has no literal for them
+def json_safe(value):
+    """Non-finite floats spelled "inf"/"-inf"/"nan" (strict JSON has none; float() reads them back)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
         return value.item()
     return value
 
@@ -89,7 +90,7 @@ class ResultsStore:
         return out
 
     def append(self, row: dict) -> None:
-        line = json.dumps(_jsonable(row), sort_keys=False, default=str) + "\n"
+        line = json.dumps(json_safe(row), default=str) + "\n"
         try:
             with open(self.rows_path, "a", encoding="utf-8") as handle:
                 handle.write(line)
@@ -114,7 +115,7 @@ class ResultsStore:
                               for r in rows])
         paths = {"csv": self.dir / "results.csv", "json": self.dir / "results.json"}
         write_atomic(paths["csv"], frame.to_csv(index=False))
-        write_atomic(paths["json"], json.dumps(_jsonable(rows), indent=1, default=str))
+        write_atomic(paths["json"], json.dumps(json_safe(rows), indent=1, default=str))
         try:
             import io
 
