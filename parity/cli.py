@@ -62,18 +62,25 @@ def run(cases, out, base, previews, config, ctrl_root, device, offload, lpips_ne
         import torch
 
         torch.set_num_threads(threads)
+    from .distributed import barrier, current_world
     from .plan import load_plan
     from .runner import Runner
 
+    world = current_world()
     plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
                      ctrl_root=str(ctrl_root) if ctrl_root else None)
     out = out or Path("reports") / cases.stem
-    runner = Runner(out, base=base or plan.base, device=device, offload=offload, lpips_net=lpips_net,
-                    progress=not no_progress, metrics=not no_metrics)
-    click.echo(f"{len(plan.cases)} cases from {cases} -> {out}", err=True)
+    runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
+                    progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard)
+    where = f" (process {world.rank + 1} of {world.size})" if world.size > 1 else ""
+    click.echo(f"{len(plan.cases)} cases from {cases} -> {out}{where}", err=True)
     summary = runner.run(plan)
-    click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s; "
-               f"results: {out / 'results.csv'}")
+    click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s{where}", err=True)
+    barrier(world)
+    if not world.is_main:
+        return
+    runner.store.write_tables()
+    click.echo(f"results: {out / 'results.csv'}")
     if not no_report:
         from .report import write_reports
 

@@ -56,7 +56,9 @@ def safe_name(name: str) -> str:
 
 
 class ResultsStore:
-    def __init__(self, run_dir: str | Path):
+    """``shard``: this process's rank when several processes share the run folder."""
+
+    def __init__(self, run_dir: str | Path, shard: int | None = None):
         self.dir = Path(run_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -65,20 +67,24 @@ class ResultsStore:
             probe.unlink()
         except OSError as err:
             raise ParityError(f"cannot write to the output folder: {err.strerror}", source=self.dir) from None
-        self.rows_path = self.dir / ROWS
+        self.rows_path = self.dir / ROWS if shard is None else self.dir / "shards" / f"results-rank{shard}.jsonl"
+        self.rows_path.parent.mkdir(exist_ok=True)
+
+    def _row_files(self) -> list[Path]:
+        return [p for p in [self.dir / ROWS, *sorted((self.dir / "shards").glob("results-rank*.jsonl"))]
+                if p.is_file()]
 
     def rows(self) -> list[dict]:
-        """Every complete row; a last line cut short by a kill is ignored."""
-        if not self.rows_path.is_file():
-            return []
+        """Every complete row of every shard; a last line cut short by a kill is ignored."""
         rows = []
-        for number, line in enumerate(self.rows_path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a partial line from an interrupted append
+        for path in self._row_files():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a partial line from an interrupted append
         return rows
 
     def done(self) -> dict[str, dict]:

@@ -70,8 +70,10 @@ def environment(engine) -> dict:
 
 class Runner:
     def __init__(self, run_dir: str | Path, *, engine=None, base: str | None = None, device: str = "auto",
-                 offload: str = "none", lpips_net: str = "alex", progress: bool = True, metrics: bool = True):
-        self.store = ResultsStore(run_dir)
+                 offload: str = "none", lpips_net: str = "alex", progress: bool = True, metrics: bool = True,
+                 shard: tuple[int, int] | None = None):
+        self.shard = shard
+        self.store = ResultsStore(run_dir, shard=shard[0] if shard else None)
         self._engine = engine
         self.engine_args = {"base": base, "device": device, "offload": offload}
         self.lpips_net = lpips_net
@@ -87,8 +89,10 @@ class Runner:
                                   offload=self.engine_args["offload"])
         return self._engine
 
-    def run(self, plan: Plan, *, shard: tuple[int, int] | None = None) -> RunSummary:
+    def run(self, plan: Plan) -> RunSummary:
+        """Run this process's share of the plan; tables are written by `write_tables` after."""
         started = time.perf_counter()
+        shard = self.shard
         cases = plan.cases if shard is None else [c for i, c in enumerate(plan.cases) if i % shard[1] == shard[0]]
         check_inputs(cases)
         base = self.engine.base
@@ -130,7 +134,8 @@ class Runner:
                 if pending is not None:
                     self._finish(pending, summary, bar)
                 bar.close()
-                self.store.write_tables()
+                if shard is None:
+                    self.store.write_tables()
         summary.seconds = time.perf_counter() - started
         return summary
 
