@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ParityError
 
 ROWS = "results.jsonl"
+PARTIAL = ".partial"  # suffix of a write that a kill interrupted before its rename
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -25,7 +26,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
@@ -69,6 +70,9 @@ class ResultsStore:
             raise ParityError(f"cannot write to the output folder: {err.strerror}", source=self.dir) from None
         self.rows_path = self.dir / ROWS if shard is None else self.dir / "shards" / f"results-rank{shard}.jsonl"
         self.rows_path.parent.mkdir(exist_ok=True)
+        if shard is None:  # alone in the folder: leftovers of a killed write can go
+            for leftover in self.dir.rglob(f"*{PARTIAL}"):
+                leftover.unlink(missing_ok=True)
 
     def _row_files(self) -> list[Path]:
         return [p for p in [self.dir / ROWS, *sorted((self.dir / "shards").glob("results-rank*.jsonl"))]
