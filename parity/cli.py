@@ -45,6 +45,9 @@ def main():
               help="AI Toolkit job config, when --previews is a bare samples/ folder.")
 @click.option("--ctrl-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder in which to find control images whose training-machine paths do not exist here.")
+@click.option("--unpaired", type=click.Choice(["error", "skip"]), default=None,
+              help="A preview whose checkpoint is gone (AI Toolkit keeps only the newest saves): stop with an "
+                   "error (default) or skip it and say so.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--offload", type=click.Choice(["none", "model", "sequential"]), default="none", show_default=True,
               help="CPU offload for GPUs with too little memory (diffusers model / sequential offload).")
@@ -55,7 +58,7 @@ def main():
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (CI logs).")
-def run(cases, out, base, previews, config, ctrl_root, device, offload, lpips_net, no_metrics, no_report,
+def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload, lpips_net, no_metrics, no_report,
         threads, no_progress):
     """Run the cases of CASES (a YAML case file) and write images and a results table."""
     if threads:
@@ -68,7 +71,7 @@ def run(cases, out, base, previews, config, ctrl_root, device, offload, lpips_ne
 
     world = current_world()
     plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
-                     ctrl_root=str(ctrl_root) if ctrl_root else None)
+                     ctrl_root=str(ctrl_root) if ctrl_root else None, unpaired=unpaired)
     out = out or Path("reports") / cases.stem
     runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
                     progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard)
@@ -84,9 +87,7 @@ def run(cases, out, base, previews, config, ctrl_root, device, offload, lpips_ne
     if not no_report:
         from .report import write_reports
 
-        paths = write_reports(out)
-        click.echo(paths.get("summary_text", ""))
-        click.echo(f"report: {paths['html']}")
+        click.echo(write_reports(out)["summary_text"])
 
 
 @main.command()
@@ -110,6 +111,71 @@ def profiles():
         profile = load_profile(name)
         click.echo(f"{profile.name}: {profile.description.strip()}")
         click.echo(f"  source: {' '.join(profile.source.split())}")
+
+
+THRESHOLDS_HELP = "Gate thresholds YAML (default: the shipped parity/thresholds/default.yaml)."
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None, help=THRESHOLDS_HELP)
+def report(run_dir, thresholds):
+    """Regenerate report.html, summary.md and junit.xml of RUN_DIR from its results alone."""
+    from .report import write_reports
+
+    click.echo(write_reports(run_dir, thresholds)["summary_text"])
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None, help=THRESHOLDS_HELP)
+def check(run_dir, thresholds):
+    """Gate RUN_DIR on thresholds. Exit 0: pass; 1: a threshold is violated or a case did not run;
+    2: the results or the thresholds cannot be read."""
+    from .gate import check as check_rows
+    from .gate import load_thresholds, violation_table
+    from .report.rows import load_rows
+
+    limits = load_thresholds(thresholds)
+    result = check_rows(load_rows(run_dir), limits)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if result.violations:
+        click.echo(violation_table(result.violations))
+    gated = len(result.verdicts) - result.count("ungated")
+    click.echo(f"{result.headline()} (thresholds: {limits.source})")
+    if not gated:
+        click.echo("warning: no case is gated; nothing was checked", err=True)
+    sys.exit(0 if result.passed else 1)
+
+
+from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converters load on demand)
+
+
+@main.command("import")
+@click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(list(REQUEST_FORMATS)),
+              help="The API the request body was sent to.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Case file to write (default: print it; paths in it are then absolute).")
+@click.option("--control-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with local copies of the files the request links by http(s) URL (control images, "
+                   "LoRAs), matched by file name; base64 images are decoded into it (default: beside --out).")
+def import_request(request, fmt, out, control_dir):
+    """Turn REQUEST (a JSON body sent to a serving API) into a case file of that API's profile."""
+    from .importers import import_request as convert
+    from .plan import load_plan
+
+    text, notes = convert(request, fmt, out=out, control_dir=control_dir)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    plan = load_plan(out)  # the file must expand: an importer bug fails here, not at `parity run`
+    click.echo(f"{len(plan.cases)} case(s) -> {out}", err=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ class Plan:
 
 
 def load_plan(path: str | Path, *, previews: list[str] | None = None, config: str | None = None,
-              ctrl_root: str | None = None) -> Plan:
+              ctrl_root: str | None = None, unpaired: str | None = None) -> Plan:
     path = Path(path)
     if not path.is_file():
         raise ParityError("case file not found", source=path)
@@ -51,14 +51,14 @@ def load_plan(path: str | Path, *, previews: list[str] | None = None, config: st
         if key not in TOP_KEYS:
             raise ParityError(f'unknown top-level key "{key}"{did_you_mean(key, TOP_KEYS)}', source=path)
     try:
-        return _expand(data, path.parent, str(path), previews, config, ctrl_root)
+        return _expand(data, path.parent, str(path), previews, config, ctrl_root, unpaired)
     except ParityError as err:
         if err.source is None:
             raise ParityError(err.problem, source=path) from None
         raise
 
 
-def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root) -> Plan:
+def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, unpaired) -> Plan:
     defaults = dict(data.get("defaults") or {})
     plan = Plan(source=source, cases=[], base=data.get("base"))
     for i, spec in enumerate(data.get("cases") or []):
@@ -76,10 +76,20 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root) ->
         spec = preview_spec or {}
         runs_root = root if not previews else Path.cwd()
         variants = data.get("variants") or [{"name": "baseline"}]
+        steps = spec.get("steps")  # only the previews drawn at these training steps (CPU-sized sweeps)
+        if steps is not None and (not isinstance(steps, list) or not steps
+                                  or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps)):
+            raise ParityError(f"previews.steps must be a list of training steps such as [10], not {steps!r}")
         for run_dir in runs:
             run = load_run(_resolve(run_dir, runs_root), config=config or spec.get("config"),
-                           ctrl_root=ctrl_root or spec.get("ctrl_root"))
-            for preview_case in preview_cases(run):
+                           ctrl_root=ctrl_root or spec.get("ctrl_root"),
+                           unpaired=unpaired or spec.get("unpaired", "error"))
+            chosen = [c for c in preview_cases(run) if steps is None or int(c.tag("step")) in steps]
+            if not chosen:
+                found = sorted({p.step for p in run.previews})
+                raise ParityError(f"previews.steps {steps} selects no preview of {run.name} (its previews are at "
+                                  f"steps {', '.join(map(str, found))})")
+            for preview_case in chosen:
                 base_fields = preview_case.to_dict()
                 for j, variant_spec in enumerate(variants):
                     merged = {**defaults, **variant_spec}

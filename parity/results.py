@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ParityError
 
 ROWS = "results.jsonl"
+ROW_START = '{"name": '  # every row is written with its name first
 PARTIAL = ".partial"  # suffix of a write that a kill interrupted before its rename
 
 
@@ -74,22 +75,9 @@ class ResultsStore:
             for leftover in self.dir.rglob(f"*{PARTIAL}"):
                 leftover.unlink(missing_ok=True)
 
-    def _row_files(self) -> list[Path]:
-        return [p for p in [self.dir / ROWS, *sorted((self.dir / "shards").glob("results-rank*.jsonl"))]
-                if p.is_file()]
-
     def rows(self) -> list[dict]:
-        """Every complete row of every shard; a last line cut short by a kill is ignored."""
-        rows = []
-        for path in self._row_files():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a partial line from an interrupted append
-        return rows
+        """Every complete row of every shard (see ``read_rows``)."""
+        return read_rows(self.dir)
 
     def done(self) -> dict[str, dict]:
         """run_key -> row for cases that finished and whose output file is still there."""
@@ -102,7 +90,11 @@ class ResultsStore:
     def append(self, row: dict) -> None:
         line = json.dumps(json_safe(row), default=str) + "\n"
         try:
-            with open(self.rows_path, "a", encoding="utf-8") as handle:
+            with open(self.rows_path, "a+", encoding="utf-8") as handle:
+                if handle.tell() > 0:  # after a kill mid-append, start on a fresh line
+                    handle.seek(handle.tell() - 1)
+                    if handle.read(1) != "\n":
+                        line = "\n" + line
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -136,6 +128,42 @@ class ResultsStore:
         except ImportError:
             pass
         return paths
+
+
+def row_files(run_dir: str | Path) -> list[Path]:
+    """results.jsonl and the shards of a multi-process run."""
+    run_dir = Path(run_dir)
+    return [p for p in [run_dir / ROWS, *sorted((run_dir / "shards").glob("results-rank*.jsonl"))] if p.is_file()]
+
+
+def read_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
+    """All rows of a run folder, without writing to it.
+
+    A row cut short by a kill is skipped; any other unreadable line is skipped too, unless
+    ``strict`` (a gate must not pass on rows it could not read).
+    """
+    rows = []
+    for path in row_files(run_dir):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ParityError(f"cannot read the results: {err}", source=path) from None
+        lines = text.splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                if line.startswith(ROW_START) and row is None:
+                    continue  # a row cut short by a kill (the resumed run starts a fresh line)
+                if strict:
+                    raise ParityError(f"line {number} is not a JSON results row", source=path)
+                continue
+            rows.append(row)
+    return rows
 
 
 def file_digest(path: str | Path, _cache: dict = {}) -> str:

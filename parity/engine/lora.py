@@ -44,16 +44,26 @@ class LoraAudit:
 
 @dataclass
 class LoraFile:
-    """A LoRA normalised to transformer module paths with float32 down/up (alpha folded in)."""
+    """A LoRA normalised to transformer module paths with float32 down/up as stored in the file.
+
+    ``alpha_scales`` holds alpha / rank per module where the file has alpha keys (AI Toolkit keeps that
+    scale apart from the weights and applies it after lora_up; its own PEFT-format files carry none).
+    """
 
     path: str
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
     audit: LoraAudit
+    alpha_scales: dict[str, float] = field(default_factory=dict)
+
+    def alpha_scale(self, module: str) -> float:
+        return self.alpha_scales.get(module, 1.0)
 
     def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        """diffusers/PEFT names; alpha folded into lora_A (PEFT runs with alpha = rank)."""
         out = {}
         for module, (down, up) in self.modules.items():
-            out[f"transformer.{module}.lora_A.weight"] = down
+            scale = self.alpha_scale(module)
+            out[f"transformer.{module}.lora_A.weight"] = down * scale if scale != 1.0 else down
             out[f"transformer.{module}.lora_B.weight"] = up
         return out
 
@@ -139,6 +149,7 @@ def load_lora_file(path: str | Path, transformer) -> LoraFile:
         pairs.setdefault(match["module"][len("transformer."):], {})[kind] = value
     named = dict(transformer.named_modules())
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    alpha_scales: dict[str, float] = {}
     rank = None
     for module, pair in sorted(pairs.items()):
         target = named.get(module)
@@ -159,8 +170,8 @@ def load_lora_file(path: str | Path, transformer) -> LoraFile:
                                    f"Linear({target.in_features}, {target.out_features})")
                 continue
             alpha = alphas.get(f"transformer.{module}")
-            if alpha is not None:
-                down = down * (alpha / down.shape[0])
+            if alpha is not None and alpha != 0:  # AI Toolkit: alpha None or 0 means alpha = rank
+                alpha_scales[module] = alpha / down.shape[0]
             modules[module] = (down.contiguous(), up.contiguous())
             rank = down.shape[0]
     audit = LoraAudit(str(path), fmt, len(tensors), len(pairs), len(modules), dropped, rank, metadata)
@@ -170,7 +181,7 @@ def load_lora_file(path: str | Path, transformer) -> LoraFile:
         raise ParityError(
             f"no key of this LoRA applies to the FLUX.1-Kontext transformer (format {fmt}; {len(tensors)} keys, "
             f"e.g. {sample}; reasons: {'; '.join(reasons) or 'no LoRA pairs found'})", source=path)
-    return LoraFile(str(path), modules, audit)
+    return LoraFile(str(path), modules, audit, alpha_scales)
 
 
 class LoraApplier:
@@ -178,7 +189,7 @@ class LoraApplier:
 
     Adapters are loaded into PEFT once per file and switched by adapter weight; fused and
     merged modes snapshot the weights they change and copy them back afterwards, because
-    unfusing in bf16 does not give the base back bit for bit.
+    unfusing (or AI Toolkit's merge_out) in bf16 does not give the base back bit for bit.
     """
 
     def __init__(self, pipe):
@@ -197,9 +208,26 @@ class LoraApplier:
         target = self.transformer.get_submodule(module)
         return target.base_layer if hasattr(target, "base_layer") else target
 
+    def quantized(self) -> bool:
+        from .quantize import is_quantized
+
+        return any(is_quantized(m) for m in self.transformer.modules())
+
+    def _check(self, items) -> None:
+        modes = {m for _, _, m in items}
+        if modes & {"fused"} and modes & {"dynamic"}:
+            raise ParityError("a case cannot mix fused and dynamic LoRAs")
+        if modes & {"dynamic", "fused", "merged_fp32"} and self.quantized():
+            bad = sorted(modes & {"dynamic", "fused", "merged_fp32"})
+            raise ParityError(
+                f"LoRA mode {', '.join(bad)} does not work on a quantized (optimum-quanto) base: PEFT cannot load "
+                "adapters onto quanto layers and their fp8 weights cannot be merged into. Use mode 'branch', "
+                "which is what AI Toolkit samples quantized runs with")
+
     @contextmanager
     def applied(self, items: list[tuple[LoraFile, float, str]]):
         """items: (file, scale, mode). Restores the base on exit, also after an error."""
+        self._check(items)
         peft = [(f, s, m) for f, s, m in items if m in ("dynamic", "fused")]
         ours = [(f, s, m) for f, s, m in items if m in ("branch", "merged_fp32")]
         snapshot: dict[str, torch.Tensor] = {}
@@ -211,8 +239,6 @@ class LoraApplier:
                 self.pipe.enable_lora()
                 self.pipe.set_adapters(names, [float(s) for _, s, _ in peft])
                 if any(m == "fused" for _, _, m in peft):
-                    if any(m == "dynamic" for _, _, m in peft):
-                        raise ParityError("a case cannot mix fused and dynamic LoRAs")
                     snapshot.update(self._snapshot({m for f, _, _ in peft for m in f.modules}))
                     self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
                     fused = True
@@ -224,14 +250,16 @@ class LoraApplier:
                     linear = self._linear(module)
                     device = linear.weight.device
                     down_d, up_d = down.to(device), up.to(device)
+                    alpha = lora.alpha_scale(module)
                     if mode == "merged_fp32":
                         if module not in snapshot:
                             snapshot[module] = linear.weight.detach().to("cpu", copy=True)
                         with torch.no_grad():
-                            linear.weight.copy_(fn(linear.weight, down_d, up_d, float(scale)))
+                            linear.weight.copy_(fn(linear.weight, down_d, up_d, float(scale), alpha))
                     else:
                         hooks.append(linear.register_forward_hook(
-                            lambda mod, args, out, d=down_d, u=up_d, s=float(scale), f=fn: f(args[0], out, d, u, s)))
+                            lambda mod, args, out, d=down_d, u=up_d, s=float(scale), a=alpha, f=fn:
+                            f(args[0], out, d, u, s, a)))
             yield
         finally:
             for hook in hooks:
@@ -247,3 +275,40 @@ class LoraApplier:
 
     def _snapshot(self, modules) -> dict[str, torch.Tensor]:
         return {m: self._linear(m).weight.detach().to("cpu", copy=True) for m in modules}
+
+    # --- reproducing a training run's history -------------------------------------------------
+    def aitk_merge_cycle(self, lora: LoraFile, multiplier: float = 1.0) -> float:
+        """Merge a LoRA in and out of the base exactly as AI Toolkit does around a preview batch.
+
+        AI Toolkit (base_model.py generate_images) merges the network into an unquantized base when
+        every prompt of a batch has the same multiplier and merges it out afterwards; both steps round
+        to the base dtype, so the base it samples the NEXT batch from has drifted. Call this once per
+        earlier merged batch (in order) to rebuild that drifted base; it stays changed until
+        ``restored_base`` exits. Returns the largest absolute change this cycle made to any weight.
+        """
+        from ..knobs.lora_modes import lora_merged_fp32, lora_unmerge_aitk
+
+        self._check([(lora, multiplier, "merged_fp32")])
+        drift = 0.0
+        with torch.no_grad():
+            for module, (down, up) in lora.modules.items():
+                linear = self._linear(module)
+                before = linear.weight.detach().clone()
+                d, u, a = down.to(before.device), up.to(before.device), lora.alpha_scale(module)
+                merged = lora_merged_fp32(before, d, u, multiplier, a)
+                linear.weight.copy_(lora_unmerge_aitk(merged, d, u, multiplier, a))
+                drift = max(drift, float((linear.weight.float() - before.float()).abs().max()))
+        return drift
+
+    @contextmanager
+    def restored_base(self):
+        """Snapshot every transformer weight and put it back on exit (after ``aitk_merge_cycle``)."""
+        params = {k: p for k, p in self.transformer.named_parameters()
+                  if ".lora_" not in k and getattr(p, "_qtype", None) is None}  # quanto weights never merge
+        state = {k: p.detach().clone() for k, p in params.items()}
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for key, value in state.items():
+                    params[key].copy_(value)

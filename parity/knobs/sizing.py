@@ -5,6 +5,8 @@ The pipeline then applies its own ``max_area`` rescale and floors to 16
 """
 from __future__ import annotations
 
+import math
+
 from .registry import describe_family, register
 
 describe_family("snap", "requested width/height -> size passed to the pipeline")
@@ -23,7 +25,8 @@ def _floor(value: int, divisor: int) -> int:
 
 
 def _round(value: int, divisor: int) -> int:
-    return max(divisor, int(round(value / divisor)) * divisor)
+    """Nearest multiple, halves up (Python's round() would send 100 -> 96 under round8)."""
+    return max(divisor, (value + divisor // 2) // divisor * divisor)
 
 
 def _make(kind: str, divisor: int):
@@ -85,3 +88,74 @@ def size_from_control_preferred(width: int, height: int, control_size: tuple[int
     """The preferred Kontext resolution nearest the control image's aspect ("auto" resolution modes)."""
     w, h = control_size if control_size else (width, height)
     return preferred_resolution(w, h)
+
+
+# --- serving systems' own sizing rules (profiles fal, prodia-dev, lumenfall, oxen) ---------------------------
+
+PRODIA_MIN, PRODIA_MAX = 512, 1024  # "512–1040 in multiples of 32": 1040 is no multiple of 32, so 1024 is the top
+MAX_SIDE_2048 = 2048  # FLUX.1 Kontext [dev]'s max resolution on Lumenfall (seed 003), served by fal.ai
+
+# Lumenfall's 1K tier (seed 003 "1K 11 sizes"), verbatim, including its 1183 vs 1182 quirks: ratio -> (width, height).
+LUMENFALL_1K = {
+    "1:1": (1024, 1024), "4:3": (1183, 887), "3:4": (887, 1182), "5:4": (1145, 916), "4:5": (916, 1145),
+    "3:2": (1254, 836), "2:3": (836, 1254), "16:9": (1365, 768), "9:16": (768, 1365), "21:9": (1563, 670),
+    "9:21": (670, 1564),
+}
+
+
+def parse_ratio(text: str) -> tuple[float, float] | None:
+    """'16:9' -> (16.0, 9.0); None unless both sides are positive numbers."""
+    parts = str(text).split(":")
+    if len(parts) != 2:
+        return None
+    try:
+        w, h = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    return (w, h) if w > 0 and h > 0 and math.isfinite(w / h) else None
+
+
+def nearest_ratio(width: float, height: float, ratios) -> str:
+    """The 'W:H' key of ``ratios`` closest in log-aspect (so 2:1 and 1:2 are equally far from 1:1)."""
+    target = math.log(width / height)
+    return min(ratios, key=lambda r: abs(math.log(parse_ratio(r)[0] / parse_ratio(r)[1]) - target))
+
+
+def aspect_ratio_size(ratio: str, area: int = 1024 * 1024) -> tuple[int, int]:
+    """BFL's aspect_ratio_to_height_width (flux/util.py): the ratio at ``area`` pixels, each side floored to 16."""
+    w, h = parse_ratio(ratio)
+    return pipeline_output_size(w, h, area)
+
+
+def _fit_within(width: int, height: int, limit: int) -> tuple[int, int]:
+    scale = min(1.0, limit / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+@register("snap", "prodia")
+def snap_prodia(width: int, height: int) -> tuple[int, int]:
+    """Prodia Kontext dev: scale into 512-1024 keeping the aspect, round each side to 32, clamp."""
+    scale = min(1.0, PRODIA_MAX / max(width, height))
+    if min(width, height) * scale < PRODIA_MIN:
+        scale = PRODIA_MIN / min(width, height)
+    return tuple(min(PRODIA_MAX, max(PRODIA_MIN, _round(round(side * scale), 32))) for side in (width, height))
+
+
+@register("snap", "max2048")
+def snap_max2048(width: int, height: int) -> tuple[int, int]:
+    """Lumenfall's clamping: scale down keeping the aspect until no side exceeds 2048 (the pipeline floors to 16)."""
+    return _fit_within(width, height, MAX_SIDE_2048)
+
+
+@register("snap", "floor16_max2048")
+def snap_floor16_max2048(width: int, height: int) -> tuple[int, int]:
+    """fal match_input: within 2048 per side (aspect kept), then each side floored to 16."""
+    w, h = _fit_within(width, height, MAX_SIDE_2048)
+    return _floor(w, 16), _floor(h, 16)
+
+
+@register("size_source", "lumenfall_1k")
+def size_from_lumenfall_1k(width: int, height: int, control_size: tuple[int, int] | None) -> tuple[int, int]:
+    """Lumenfall's 1K size nearest the control image's aspect (the request's without one)."""
+    w, h = control_size if control_size else (width, height)
+    return LUMENFALL_1K[nearest_ratio(w, h, LUMENFALL_1K)]

@@ -1,0 +1,63 @@
+"""report.html: one self-contained page (inline CSS and JS) at the top of the run folder.
+
+Images are relative paths inside the run folder, which keeps the page small and the folder
+portable. Rendering uses jinja2 with autoescaping always on: prompts, case names, paths and
+error messages come from users and must reach the page only as text.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ..gate import fmt, metric_value
+from .assets import case_images
+from .data import ReportData
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TABLE_METRICS = (("ssim", "SSIM"), ("lpips", "LPIPS"), ("psnr", "PSNR"), ("mean_abs", "mean abs"),
+                 ("max_abs", "max abs"), ("floor_ssim", "floor SSIM"), ("floor_lpips", "floor LPIPS"),
+                 ("floor_psnr", "floor PSNR"), ("time_total_s", "total s"))
+CARD_METRICS = (*TABLE_METRICS[:-1], ("size_mismatch", "size mismatch"), ("preview_jpeg_quality", "preview JPEG q"),
+                ("time_denoise_s", "denoise s"), ("time_total_s", "total s"))
+GATE_LABELS = {"pass": "pass", "fail": "fail", "error": "error", "ungated": "not gated"}
+SMALL = 320  # outputs narrower than this are shown enlarged, pixel for pixel
+
+
+def sort_key(value) -> str:
+    """data-sort of a numeric cell: JS parseFloat reads it; "" sorts last (missing or NaN)."""
+    number = value if isinstance(value, float) else None
+    if number is None or math.isnan(number):
+        return ""
+    return "Infinity" if number == math.inf else "-Infinity" if number == -math.inf else repr(number)
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.filters["sort_key"] = sort_key
+    return env
+
+
+def _cases(data: ReportData) -> list[dict]:
+    verdicts = data.gate.by_name()
+    return [{
+        "anchor": f"case-{i}",
+        "row": row,
+        "verdict": verdicts[row["name"]],
+        "gate": GATE_LABELS[verdicts[row["name"]].status],
+        "metrics": {column: metric_value(row, column) for column, _ in CARD_METRICS},
+        "images": case_images(data.run_dir, row),
+        "delta": data.delta_of(row["name"]),
+        "small": (metric_value(row, "eff_width") or SMALL) < SMALL,
+    } for i, row in enumerate(data.rows)]
+
+
+def render(data: ReportData, charts: dict[str, str | None]) -> str:
+    stats = {metric: data.stat(metric) for metric in ("ssim", "lpips", "psnr")}
+    return _environment().get_template("report.html").render(
+        data=data, cases=_cases(data), charts=charts, stats=stats, table_metrics=TABLE_METRICS,
+        card_metrics=CARD_METRICS, run_name=data.run_dir.resolve().name,
+        thresholds=data.gate.source)

@@ -1,0 +1,61 @@
+"""summary.md: the gate result, counts, worst cases and attribution for CI logs and pull requests.
+
+Cells are escaped for GitHub-flavoured Markdown: "|" would split a table cell, and a "<" that
+could open an HTML tag (one followed by a letter, "/", "!" or "?") would let a prompt or case
+name inject HTML into a rendered PR comment. Other characters stay as typed, for readable logs.
+"""
+from __future__ import annotations
+
+import re
+
+from ..gate import fmt, metric_value
+from .data import ReportData
+
+WORST = 10
+TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def cell(value) -> str:
+    text = " ".join(fmt(value).split())
+    return TAG_OPEN.sub("&lt;", text).replace("|", "\\|")
+
+
+def _table(header: tuple, rows: list[tuple]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""]
+
+
+def render(data: ReportData, html_name: str) -> str:
+    gate = data.gate
+    lines = [f"# kontext-parity: {cell(data.run_dir.resolve().name)}", "",
+             f"**{gate.headline()}** (thresholds: {cell(gate.source)})", ""]
+    stats = {m: data.stat(m) for m in ("ssim", "lpips")}
+    lines += [f"SSIM and LPIPS over {data.stat_scope} compared cases.", ""]
+    lines += _table(("cases", "ok", "errors", "compared", "mean SSIM", "worst SSIM", "mean LPIPS", "worst LPIPS"),
+                    [(len(data.rows), len(data.ok_rows), len(data.error_rows), len(data.compared_rows),
+                      *[(stats[m] or {}).get(k) for m in ("ssim", "lpips") for k in ("mean", "worst")])])
+    if gate.violations:
+        lines += ["## Gate violations", ""]
+        lines += _table(("case", "metric", "value", "threshold"),
+                        [(v.case, v.metric, v.value, f"{v.threshold} ({v.rule})") for v in gate.violations])
+    lines += [f"## Worst cases by LPIPS (top {WORST})", ""]
+    worst = data.worst_by_lpips(WORST)
+    if worst:
+        verdicts = gate.by_name()
+        lines += _table(("case", "profile", "gate", "LPIPS", "SSIM", "PSNR", "floor LPIPS"),
+                        [(r["name"], r.get("tag_profile"), verdicts[r["name"]].status,
+                          *[metric_value(r, m) for m in ("lpips", "ssim", "psnr", "floor_lpips")]) for r in worst])
+    else:
+        lines += ["No case was compared with a preview.", ""]
+    lines += ["## What drives the mismatch", ""]
+    if data.attribution:
+        lines += _table(("rank", "knob", "n", "mean \\|Δ LPIPS\\|", "mean Δ LPIPS", "mean Δ SSIM", "worst value"),
+                        [(i, a["knob"], a["n"], a["mean_abs_delta_lpips"], a["mean_delta_lpips"], a["mean_delta_ssim"],
+                          a["worst_value"]) for i, a in enumerate(data.attribution, 1)])
+    else:
+        lines += ["No ablation compared with a preview.", ""]
+    if data.error_rows:
+        lines += ["## Errors", ""]
+        lines += _table(("case", "error"), [(r["name"], r.get("error")) for r in data.error_rows])
+    lines += [f"Full report: `{html_name}` in the run folder.", ""]
+    return "\n".join(lines)
