@@ -92,6 +92,10 @@ class Case:
     dtype: str = field(default="bf16", metadata={"doc": "bf16 | fp16 | fp32", "choices": DTYPES})
     quantize: str = field(default="none", metadata={"doc": "none | qfloat8 (transformer and T5)", "choices": QUANTIZE})
     loras: tuple[LoraSpec, ...] = field(default=(), metadata={"doc": "LoRAs: [path, scale, mode]"})
+    # speed knobs (they change the arithmetic, so they can change pixels)
+    attention_backend: str = _knob("attention_backend", "native", "diffusers attention backend")
+    compile: bool = field(default=False, metadata={"doc": "torch.compile the transformer"})
+    channels_last: bool = field(default=False, metadata={"doc": "VAE convolutions in channels_last memory format"})
     # output
     output_format: str = _knob("output_format", "png", "png | jpeg | webp")
     output_quality: int | None = _num(None, "JPEG/WebP quality", 1, 100)

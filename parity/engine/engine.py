@@ -74,8 +74,9 @@ class Engine:
         self.counters = {"transformer_calls": 0, "pipelines_loaded": 0, "lora_files_read": 0}
 
     # --- resources --------------------------------------------------------------------------
-    def pipeline(self, dtype: str, quantize: str = "none"):
-        key = (dtype, quantize)
+    def pipeline(self, dtype: str, quantize: str = "none", compile: bool = False, channels_last: bool = False):
+        """A loaded pipeline per variant; compiling or re-laying out weights cannot be undone per case."""
+        key = (dtype, quantize, compile, channels_last)
         if key not in self._pipelines:
             while len(self._pipelines) >= self.keep_pipelines:
                 self._pipelines.popitem(last=False)
@@ -86,6 +87,10 @@ class Engine:
                 from .quantize import quantize_pipeline
 
                 quantize_pipeline(pipe, quantize)
+            if channels_last:
+                pipe.vae.to(memory_format=torch.channels_last)
+            if compile:
+                pipe.transformer.compile()
             self._pipelines[key] = (pipe, LoraApplier(pipe))
             self.counters["pipelines_loaded"] += 1
         self._pipelines.move_to_end(key)
@@ -100,8 +105,9 @@ class Engine:
 
     # --- one case ---------------------------------------------------------------------------
     def run(self, case: Case) -> RunResult:
-        pipe, applier = self.pipeline(case.dtype, case.quantize)
+        pipe, applier = self.pipeline(case.dtype, case.quantize, case.compile, case.channels_last)
         device = pipe._execution_device
+        self._set_attention(pipe, case.attention_backend)
         timer = StageTimer(device)
         reset_peak_memory(device)
         loras = [(self.lora_file(l.path, pipe.transformer), l.scale, l.mode) for l in case.loras]
@@ -175,6 +181,21 @@ class Engine:
         return RunResult(case, decoded, raw, encoded, control_image, timings, peak_memory(device), effective,
                          [lora.audit for lora, _, _ in loras])
 
+    def _set_attention(self, pipe, name: str) -> None:
+        """Set explicitly for every case: resetting does not bring every kernel choice back."""
+        if getattr(pipe, "_parity_attention", None) == name:
+            return
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        backend = lookup("attention_backend", name)()
+        try:
+            pipe.transformer.set_attention_backend(backend)
+            probe = torch.zeros(1, 4, 2, 16, device=pipe._execution_device, dtype=pipe.transformer.dtype)
+            dispatch_attention_fn(probe, probe, probe, backend=backend)  # fails here, not mid-run
+        except (RuntimeError, ValueError, ImportError) as err:
+            raise ParityError(f'attention backend "{name}" is not usable here: {err}') from None
+        pipe._parity_attention = name
+
     # --- stages -----------------------------------------------------------------------------
     def _encode_prompt(self, pipe, case: Case, prompt: str, device):
         """CLIP pooled + T5 (padded to 512, no mask), as the pipeline does; cached per prompt."""
@@ -197,7 +218,8 @@ class Engine:
         data = _read_bytes(path, "control image")
         knobs = (case.control_exif_transpose, case.control_alpha, case.control_target, case.control_resize,
                  case.control_fit, case.control_auto_resize, case.control_pipeline_resize)
-        key = (hashlib.sha256(data).hexdigest(), tuple(requested), tuple(output), knobs, case.dtype, case.quantize)
+        key = (hashlib.sha256(data).hexdigest(), tuple(requested), tuple(output), knobs, case.dtype, case.quantize,
+               case.channels_last)
         if self.cache_encodings and key in self._control_cache:
             return self._control_cache[key]
         image = _open_image(path)

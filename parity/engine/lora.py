@@ -196,6 +196,10 @@ class LoraApplier:
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.adapters: dict[str, str] = {}  # file path -> adapter name
+        # Active PEFT adapters and weights, or None when disabled: switching only when a case needs
+        # another state saves two walks over every module per case.
+        self._peft_state: tuple | None = None
+        self._quantized: bool | None = None
 
     def _adapter(self, lora: LoraFile) -> str:
         if lora.path not in self.adapters:
@@ -211,7 +215,20 @@ class LoraApplier:
     def quantized(self) -> bool:
         from .quantize import is_quantized
 
-        return any(is_quantized(m) for m in self.transformer.modules())
+        if self._quantized is None:
+            self._quantized = any(is_quantized(m) for m in self.transformer.modules())
+        return self._quantized
+
+    def _set_peft(self, state: tuple | None) -> None:
+        if state == self._peft_state:
+            return
+        self._peft_state = "unknown"  # stays so if switching fails halfway
+        if state is None:
+            self.pipe.disable_lora()
+        else:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(list(state[0]), list(state[1]))
+        self._peft_state = state
 
     def _check(self, items) -> None:
         modes = {m for _, _, m in items}
@@ -236,14 +253,14 @@ class LoraApplier:
         try:
             if peft:
                 names = [self._adapter(f) for f, _, _ in peft]
-                self.pipe.enable_lora()
-                self.pipe.set_adapters(names, [float(s) for _, s, _ in peft])
+                self._set_peft((tuple(names), tuple(float(s) for _, s, _ in peft)))
                 if any(m == "fused" for _, _, m in peft):
                     snapshot.update(self._snapshot({m for f, _, _ in peft for m in f.modules}))
+                    self._peft_state = "unknown"  # until unfused and restored below
                     self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
                     fused = True
             elif self.adapters:
-                self.pipe.disable_lora()
+                self._set_peft(None)
             for lora, scale, mode in ours:
                 fn = lookup("lora_mode", mode)
                 for module, (down, up) in lora.modules.items():
@@ -270,8 +287,6 @@ class LoraApplier:
                 for module, weight in snapshot.items():
                     linear = self._linear(module)
                     linear.weight.copy_(weight.to(linear.weight.device))
-            if peft:
-                self.pipe.disable_lora()
 
     def _snapshot(self, modules) -> dict[str, torch.Tensor]:
         return {m: self._linear(m).weight.detach().to("cpu", copy=True) for m in modules}
