@@ -35,8 +35,11 @@ parity: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Each run is saved under reports/benchmarks/ (pytest-benchmark storage) and as reports/bench.json;
+# `make bench BENCH_ARGS=--benchmark-compare` compares with the previous saved run.
 bench: setup
-	$(PY) -m pytest tests/benchmarks -q --benchmark-only --benchmark-json=reports/bench.json $(BENCH_ARGS)
+	$(PY) -m pytest tests/benchmarks -q -s --benchmark-only --benchmark-storage=file://reports/benchmarks \
+	  --benchmark-autosave --benchmark-json=reports/bench.json $(BENCH_ARGS)
 
 clean:
 	rm -rf reports/*/ reports/*.json
