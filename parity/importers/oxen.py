@@ -1,0 +1,55 @@
+"""Oxen.ai flux-kontext-dev requests (seed 004: /api/ai/images/edit and /api/ai/queue bodies).
+
+model "flux-kontext-dev", input_image and prompt required; aspect_ratio one of 11 ratios or
+match_input_image (default 16:9); num_inference_steps 4-50 (28); guidance 0-10 (2.5); seed;
+output_format webp|jpg|png (webp); output_quality 0-100 (80); disable_safety_checker. The schema
+is Replicate's flux-kontext-dev cog's, so a ratio becomes that cog's pixel size and
+match_input_image the preferred Kontext resolution nearest the input's aspect.
+"""
+from __future__ import annotations
+
+from ..errors import did_you_mean
+from . import Context, Fields, quality_or_one, seed_or_zero
+
+PROFILE = "oxen"
+API = "Oxen.ai flux-kontext-dev"
+MODEL = "flux-kontext-dev"
+# replicate/cog-flux-kontext predict.py ASPECT_RATIOS: ratio -> (width, height)
+ASPECT_RATIOS = {
+    "1:1": (1024, 1024), "16:9": (1344, 768), "21:9": (1536, 640), "3:2": (1216, 832), "2:3": (832, 1216),
+    "4:5": (896, 1088), "5:4": (1088, 896), "3:4": (896, 1152), "4:3": (1152, 896), "9:16": (768, 1344),
+    "9:21": (640, 1536),
+}
+MATCH_INPUT = "match_input_image"
+FORMATS = {"webp": "webp", "jpg": "jpeg", "png": "png"}  # Oxen's name -> output_format knob
+
+
+def convert(body: Fields, ctx: Context) -> list[dict]:
+    model = body.string("model", required=True)
+    if model != MODEL:
+        raise ctx.error("model", f'"{model}" is not {MODEL}{did_you_mean(model, [MODEL])}: '
+                                 "this importer reads FLUX.1-Kontext [dev] requests")
+    case = {"name": ctx.stem, "profile": PROFILE, "prompt": body.string("prompt", required=True)}
+    input_image = body.string("input_image", required=True)
+    ratio = body.choice("aspect_ratio", tuple(ASPECT_RATIOS) + (MATCH_INPUT,), default="16:9")
+    if ratio == MATCH_INPUT:
+        case["size_source"] = "control_preferred"
+    else:
+        case["width"], case["height"] = ASPECT_RATIOS[ratio]
+    steps = body.integer("num_inference_steps", lo=4, hi=50)
+    if steps is not None:
+        case["steps"] = steps
+    guidance = body.number("guidance", lo=0, hi=10)
+    if guidance is not None:
+        case["guidance"] = guidance
+    case["seed"] = seed_or_zero(body.integer("seed", lo=0), ctx, "seed")
+    output_format = body.choice("output_format", tuple(FORMATS))
+    if output_format:
+        case["output_format"] = FORMATS[output_format]
+    quality = body.integer("output_quality", lo=0, hi=100)
+    if quality is not None:
+        case["output_quality"] = quality_or_one(quality, ctx, "output_quality")
+    body.boolean("disable_safety_checker")
+    body.unknown()
+    case["control_image"] = ctx.image(input_image, "input_image")  # media last: the body is valid by now
+    return [case]
