@@ -33,7 +33,7 @@ def main():
 
 
 @main.command()
-@click.argument("cases", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("cases", type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder for outputs and results (default: reports/<case file name>). Rerunning resumes.")
 @click.option("--base", default=None, help='Base model: a diffusers folder, a model id, or "embedded" (the tiny '
@@ -72,6 +72,9 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
     world = current_world()
     plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
                      ctrl_root=str(ctrl_root) if ctrl_root else None, unpaired=unpaired)
+    if world.is_main:
+        for note in plan.notes:
+            click.echo(f"note: {note}", err=True)
     out = out or Path("reports") / cases.stem
     runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
                     progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard)

@@ -27,3 +27,13 @@ def did_you_mean(word: str, choices) -> str:
 def unknown_value(what: str, value, choices) -> str:
     listed = ", ".join(str(c) for c in choices)
     return f'unknown {what} "{value}"{did_you_mean(value, choices)}; choose one of: {listed}'
+
+
+def yaml_problem(err, what: str = "YAML") -> str:
+    """A PyYAML error in one line: what is wrong, where (1-based), and in which construct."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    text = f"{problem} ({context})" if context else problem
+    return f"malformed {what}{where}: {' '.join(text.split())}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ParityError, did_you_mean
+from .errors import ParityError, did_you_mean, yaml_problem
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent / "thresholds" / "default.yaml"
 METRICS = ("ssim", "lpips", "psnr", "mean_abs", "max_abs", "size_mismatch",
@@ -72,9 +72,9 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ParityError(f"malformed YAML: {err}", source=path) from None
+        raise ParityError(yaml_problem(err), source=path) from None
     except UnicodeDecodeError:
-        raise ParityError("not a text file", source=path) from None
+        raise ParityError("not a UTF-8 text file", source=path) from None
     if not isinstance(data, dict):
         raise ParityError("a thresholds file is a mapping with defaults:, profiles: and/or cases:", source=path)
     for key in data:

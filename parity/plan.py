@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from .case import Case, LoraSpec
-from .errors import ParityError, did_you_mean
+from .errors import ParityError, did_you_mean, yaml_problem
 from .profiles import load_profile
 
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
@@ -37,14 +37,16 @@ class Plan:
 def load_plan(path: str | Path, *, previews: list[str] | None = None, config: str | None = None,
               ctrl_root: str | None = None, unpaired: str | None = None) -> Plan:
     path = Path(path)
+    if path.is_dir():
+        raise ParityError("is a folder; give the case file (YAML) itself", source=path)
     if not path.is_file():
         raise ParityError("case file not found", source=path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ParityError(f"malformed YAML: {err}", source=path) from None
+        raise ParityError(yaml_problem(err), source=path) from None
     except UnicodeDecodeError:
-        raise ParityError("not a text file", source=path) from None
+        raise ParityError("not a UTF-8 text file", source=path) from None
     if not isinstance(data, dict):
         raise ParityError("a case file is a mapping with `cases:` and/or `previews:` + `variants:`", source=path)
     for key in data:
@@ -71,7 +73,7 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
     preview_spec = data.get("previews")
     runs = previews if previews else (preview_spec or {}).get("runs", []) if isinstance(preview_spec, dict) else []
     if runs:
-        from .aitk import load_run, preview_cases
+        from .aitk import load_run, preview_cases, preview_notes
 
         spec = preview_spec or {}
         runs_root = root if not previews else Path.cwd()
@@ -84,11 +86,15 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
             run = load_run(_resolve(run_dir, runs_root), config=config or spec.get("config"),
                            ctrl_root=ctrl_root or spec.get("ctrl_root"),
                            unpaired=unpaired or spec.get("unpaired", "error"))
+            picked = [p for p in run.previews if steps is None or p.step in steps]
             chosen = [c for c in preview_cases(run) if steps is None or int(c.tag("step")) in steps]
-            if not chosen:
+            plan.notes += [f"{run.name}: {note}" for note in run.notes] + preview_notes(picked)
+            if not picked:
                 found = sorted({p.step for p in run.previews})
                 raise ParityError(f"previews.steps {steps} selects no preview of {run.name} (its previews are at "
                                   f"steps {', '.join(map(str, found))})")
+            if not chosen:
+                raise ParityError(f"no selected preview of {run.name} can be reproduced: {preview_notes(picked)[0]}")
             for preview_case in chosen:
                 base_fields = preview_case.to_dict()
                 for j, variant_spec in enumerate(variants):

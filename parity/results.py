@@ -23,19 +23,26 @@ PARTIAL = ".partial"  # suffix of a write that a kill interrupted before its ren
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside the target, fsync, then rename over it."""
+    """Write to a temporary file beside the target, fsync, then rename over it.
+
+    A full disk or a folder that turned read-only is the user's to fix: a ParityError naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise ParityError(f"cannot write: {err.strerror or err}", source=path) from None
         raise
 
 

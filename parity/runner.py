@@ -19,6 +19,7 @@ from PIL import Image
 
 from .case import Case
 from .errors import ParityError
+from .imaging import conversion_notes, open_image
 from .knobs.encoding import EXTENSIONS
 from .plan import Plan
 from .results import ResultsStore, file_digest, safe_name, write_atomic
@@ -43,20 +44,31 @@ def run_key(case: Case, base: str) -> str:
 
 
 def check_inputs(cases: list[Case]) -> None:
-    """Cheap checks before any model loads, so a typo fails in a second, not after an hour."""
-    from .engine.lora import PICKLE_SUFFIXES
+    """Checks before any model loads, so a bad file fails in seconds, not after an hour: every image
+    decodes, every LoRA is a safetensors file whose header reads. Each distinct file is checked once."""
+    from .engine.lora import check_lora_file
 
+    checked: set[tuple[str, str]] = set()
     for case in cases:
-        for what, path in (("control image", case.control_image), ("preview", case.preview)):
-            if path and not Path(path).is_file():
-                raise ParityError(f'{what} of case "{case.name}" not found', source=path)
-        for lora in case.loras:
-            path = Path(lora.path)
-            if path.suffix.lower() in PICKLE_SUFFIXES:
-                raise ParityError(f'case "{case.name}": LoRA is a pickle-based file; only .safetensors are loaded',
-                                  source=path)
-            if not path.is_file():
-                raise ParityError(f'LoRA of case "{case.name}" not found', source=path)
+        files = [("control image", case.control_image), ("preview", case.preview)]
+        files += [("LoRA", lora.path) for lora in case.loras]
+        for what, path in files:
+            if not path or (what, path) in checked:
+                continue
+            try:
+                if what == "LoRA":
+                    check_lora_file(path)
+                else:
+                    open_image(path, what).close()
+            except ParityError as err:
+                raise naming_case(err, case) from None
+            checked.add((what, path))
+
+
+def naming_case(err: ParityError, case: Case) -> ParityError:
+    """The error as the user reads it: the file, the case, the problem (a file may serve many cases)."""
+    prefix = f'case "{case.name}": '
+    return ParityError(err.problem if err.problem.startswith(prefix) else prefix + err.problem, source=err.source)
 
 
 def environment(engine) -> dict:
@@ -111,42 +123,54 @@ class Runner:
         if todo:
             write_atomic(self.store.dir / "run_info.json", json.dumps(environment(self.engine), indent=1))
         bar = _progress(len(cases), summary.resumed, self.progress)
-        pending: Future | None = None
+        pending: tuple[Future, Case, str] | None = None  # the case whose comparison runs in the worker
+
+        def settle():
+            """Append the pending case's row exactly once, also when an error is on its way out."""
+            nonlocal pending
+            done, pending = pending, None
+            if done is not None:
+                self._finish(*done, summary, bar)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-metrics") as pool:
             try:
                 for case, key in todo:
                     bar.set_postfix_str(case.name[-40:], refresh=False)
                     try:
                         result = self.engine.run(case)
+                        files = self._save(case, key, result)
                     except ParityError as err:
-                        self._finish(pending, summary, bar)
-                        pending = None
-                        self.store.append({"name": case.name, "run_key": key, "status": "error",
-                                           "error": str(err), **case.columns()})
-                        summary.failed += 1
-                        raise
-                    files = self._save(case, key, result)
-                    self._finish(pending, summary, bar)
-                    pending = pool.submit(self._row, case, key, result, files)
-                self._finish(pending, summary, bar)
-                pending = None
+                        settle()
+                        raise self._fail(case, key, err, summary) from None
+                    settle()
+                    pending = (pool.submit(self._row, case, key, result, files), case, key)
             finally:
-                if pending is not None:
-                    self._finish(pending, summary, bar)
+                settle()
                 bar.close()
                 if shard is None:
                     self.store.write_tables()
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _finish(self, pending: Future | None, summary: RunSummary, bar) -> None:
-        if pending is None:
-            return
-        row = pending.result()
+    def _finish(self, future: Future, case: Case, key: str, summary: RunSummary, bar) -> None:
+        try:
+            row = future.result()
+        except ParityError as err:
+            raise self._fail(case, key, err, summary) from None
         self.store.append(row)
         summary.rows.append(row)
         summary.computed += 1
         bar.update(1)
+        for warning in row["warnings"]:
+            _print_warning(f'case "{case.name}": {warning}')
+
+    def _fail(self, case: Case, key: str, err: ParityError, summary: RunSummary) -> ParityError:
+        """Record an error row (the table shows which case stopped the run, and why); return the error to raise."""
+        err = naming_case(err, case)
+        self.store.append({"name": case.name, "run_key": key, "status": "error", "error": str(err),
+                           **case.columns()})
+        summary.failed += 1
+        return err
 
     def _save(self, case: Case, key: str, result) -> dict:
         stem = f"{safe_name(case.name)}-{key[:8]}"
@@ -161,13 +185,15 @@ class Runner:
         row = {"name": case.name, "run_key": key, "status": "ok", **result.row(), **files,
                "preview_file": case.preview or ""}
         if case.preview and self.metrics:
-            row.update(self._compare(case, key, result))
+            preview = open_image(case.preview, "preview")
+            row["preview_mode"] = preview.mode
+            row["warnings"] = [*row["warnings"], *(f"preview: {note}" for note in conversion_notes(preview))]
+            row.update(self._compare(case, key, result, preview))
         return row
 
-    def _compare(self, case: Case, key: str, result) -> dict:
+    def _compare(self, case: Case, key: str, result, preview: Image.Image) -> dict:
         from .metrics import compare_with_preview, diff_images
 
-        preview = _open_preview(case.preview)
         metrics = compare_with_preview(result.image, result.raw_image, preview, lpips_net=self.lpips_net)
         heatmap, ssim_map = diff_images(result.image, preview)
         stem = f"{safe_name(case.name)}-{key[:8]}"
@@ -187,10 +213,10 @@ def _save_png(path: Path, image: Image.Image) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _open_preview(path: str) -> Image.Image:
-    from .engine.engine import _open_image
+def _print_warning(text: str) -> None:
+    from tqdm.auto import tqdm
 
-    return _open_image(Path(path))
+    tqdm.write(f"warning: {text}", file=sys.stderr)  # above the progress bar, not through it
 
 
 def _progress(total: int, initial: int, enabled: bool):

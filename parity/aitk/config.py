@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ParityError
+from ..errors import ParityError, yaml_problem
 
 # SampleItem keys AI Toolkit reads (config_modules.SampleItem); anything else it ignores.
 SAMPLE_ITEM_KEYS = ("prompt", "width", "height", "neg", "seed", "guidance_scale", "sample_steps", "fps",
@@ -147,8 +147,10 @@ def _read(path: Path) -> Any:
             return json.loads(text)
         if suffix in (".yaml", ".yml"):
             return yaml.load(text, Loader=_AitkLoader)  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ParityError(f"malformed config: {err}".replace("\n", " "), source=path) from None
+    except yaml.YAMLError as err:
+        raise ParityError(yaml_problem(err, "config"), source=path) from None
+    except json.JSONDecodeError as err:
+        raise ParityError(f"malformed config: {err}", source=path) from None
     raise ParityError("a job config must be .yaml, .yml, .json or .jsonc (as AI Toolkit requires)", source=path)
 
 

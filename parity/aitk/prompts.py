@@ -150,10 +150,13 @@ def sample_args(settings: SampleSettings, trigger_word: str | None, *, source: s
             notes.append("seed -1: AI Toolkit drew a random seed and did not record it")
         notes += [f"unknown flag --{f} ignored, as AI Toolkit does" for f in parsed.unknown]
         notes += [f"{a} (set by a flag) has no effect on a Kontext preview" for a in values if a in UNUSED_BY_KONTEXT]
+        width, height = values.get("width", item.width), values.get("height", item.height)
+        notes += [f"{side} {size} is below 16 px: AI Toolkit samples at 64 (its 64 px floor)" for side, size in
+                  (("width", width), ("height", height)) if size < 16]  # below a Case's smallest size
         out.append(PromptArgs(
             index=i, prompt_from_config=text, prompt_after_trigger=after_trigger, prompt=parsed.prompt,
             negative_prompt=values.get("negative_prompt", item.neg), seed=seed, constructor_seed=current,
-            width=values.get("width", item.width), height=values.get("height", item.height),
+            width=width, height=height,
             steps=values.get("num_inference_steps", item.sample_steps),
             guidance=values.get("guidance_scale", item.guidance_scale),
             network_multiplier=values.get("network_multiplier", item.network_multiplier),

@@ -126,6 +126,7 @@ class _Builder:
             self.latest[(f.step, f.index)] = max(self.latest.get((f.step, f.index), 0), f.ms)
         self.first_lora_step = min((f.step for f in files if f.step > 0), default=0)
         self.missing_controls: list[str] = []
+        self.unresolved_controls = False  # a ctrl_img that ctrl_root could help find
         self.unpaired: list[str] = []
 
     def preview(self, f: PreviewFile) -> Preview:
@@ -191,13 +192,15 @@ class _Builder:
         else:
             found, tried = resolve_control(args.ctrl_img, self.roots, self.ctrl_root)
             problem = f"prompt {args.index}: control image {args.ctrl_img!r} not found (tried {', '.join(tried)})"
+            self.unresolved_controls |= found is None
         if found is None and problem not in self.missing_controls:
             self.missing_controls.append(problem)
         return str(found) if found else None
 
     def raise_problems(self, unpaired: str, samples_dir: Path) -> None:
         if self.missing_controls:
-            hint = "" if self.ctrl_root else "; pass ctrl_root=<folder holding the control images>"
+            unhelped = self.unresolved_controls and not self.ctrl_root
+            hint = "; pass ctrl_root=<folder holding the control images>" if unhelped else ""
             raise ParityError("; ".join(self.missing_controls) + hint, source=self.job.path)
         if self.unpaired and unpaired == "error":
             raise ParityError(f"{len(self.unpaired)} preview(s) have no checkpoint: " + "; ".join(self.unpaired)
@@ -227,6 +230,21 @@ def _run_blockers(job: JobConfig) -> tuple[str, list[str]]:
     if qtype != "qfloat8":
         blockers.append(f"qtype {qtype!r} is not modelled (only qfloat8)")
     return "qfloat8", blockers
+
+
+def preview_notes(previews: list[Preview], shown: int = 3) -> list[str]:
+    """One line per distinct note, naming the previews it concerns; a preview left out says why (its
+    first note is what blocks it)."""
+    grouped: dict[str, list[str]] = {}
+    for p in previews:
+        texts = p.notes if p.reproducible else (f"not reproduced: {p.notes[0]}", *p.notes[1:])
+        for text in texts:
+            grouped.setdefault(text, []).append(p.name)
+    out = []
+    for text, names in grouped.items():
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        out.append(f"{', '.join(names[:shown])}{more}: {text}")
+    return out
 
 
 def preview_cases(run: AitkRun, overrides: dict | None = None) -> list[Case]:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..case import Case
 from ..errors import ParityError
+from ..imaging import header_size, open_image
 from ..knobs import lookup
 from ..knobs.control import prepare_control
 from ..knobs.schedule import mu_for_tokens
@@ -25,6 +26,7 @@ from .lora import LoraApplier, LoraFile, load_lora_file
 from .timing import StageTimer, peak_memory, reset_peak_memory
 
 T5_MAX_TOKENS = 512
+SHOWN_CHARS = 80  # of a truncated prompt's dropped end, in a warning
 
 
 @dataclass
@@ -49,7 +51,19 @@ class RunResult:
         row.update(self.memory)
         for i, audit in enumerate(self.lora_audits):
             row.update({f"{k}_{i}": v for k, v in audit.summary().items()})
+        row["warnings"] = self.warnings()
         return row
+
+    def warnings(self) -> list[str]:
+        """What the user must be told: inputs that were cut or changed on their way into the model."""
+        out = []
+        dropped = self.effective.get("prompt_truncated")
+        if dropped:
+            shown = dropped if len(dropped) <= SHOWN_CHARS else "..." + dropped[-SHOWN_CHARS:]
+            out.append(f"prompt longer than T5's {T5_MAX_TOKENS} tokens: its end was dropped "
+                       f"({len(dropped)} characters: {shown!r})")
+        out += [f"control image: {note}, as AI Toolkit does" for note in self.effective.get("control_notes", [])]
+        return out
 
 
 class Engine:
@@ -112,9 +126,9 @@ class Engine:
         reset_peak_memory(device)
         loras = [(self.lora_file(l.path, pipe.transformer), l.scale, l.mode) for l in case.loras]
 
-        control_size = _image_size(Path(case.control_image)) if case.control_image else None
-        if control_size and case.control_exif_transpose and _exif_rotated(Path(case.control_image)):
-            control_size = control_size[::-1]
+        control_size = None
+        if case.control_image:
+            control_size = header_size(case.control_image, "control image", exif_transposed=case.control_exif_transpose)
         asked = lookup("size_source", case.size_source)(case.width, case.height, control_size)
         requested = lookup("snap", case.snap)(*asked)
         max_area = case.max_area if case.max_area is not None else requested[0] * requested[1]
@@ -222,7 +236,7 @@ class Engine:
                case.channels_last)
         if self.cache_encodings and key in self._control_cache:
             return self._control_cache[key]
-        image = _open_image(path)
+        image = open_image(path, "control image")
         handed, encoded, trace = prepare_control(
             image, exif_transpose=case.control_exif_transpose, alpha=case.control_alpha,
             target=case.control_target, resize=case.control_resize, fit=case.control_fit,
@@ -292,32 +306,3 @@ def _read_bytes(path: Path, what: str) -> bytes:
     if not data:
         raise ParityError(f"{what} is empty", source=path)
     return data
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """Size from the header only (cheap); unreadable files fail later with a clear error."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, Image.DecompressionBombError):
-        return _open_image(path).size
-
-
-def _exif_rotated(path: Path) -> bool:
-    """Orientations 5-8 swap width and height once the EXIF transpose is applied."""
-    with Image.open(path) as image:
-        return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-
-
-def _open_image(path: Path) -> Image.Image:
-    """Open fully (a truncated file fails here, not halfway through a run)."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        image = Image.open(path)
-        image.load()
-    except Image.DecompressionBombError as err:
-        raise ParityError(f"refused as a decompression bomb: {err}", source=path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ParityError(f"not a readable image (truncated or corrupt?): {err}", source=path) from None
-    return image

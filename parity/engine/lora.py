@@ -68,24 +68,39 @@ class LoraFile:
         return out
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Only safetensors are read; pickles are refused without being opened."""
+@contextmanager
+def _open_safetensors(path: Path):
+    """safe_open after the checks that need no reading; pickles are refused without being opened."""
     from safetensors import SafetensorError, safe_open
 
-    if not path.is_file():
-        raise ParityError("LoRA file not found", source=path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ParityError(
-            "is a pickle-based checkpoint; kontext-parity loads LoRAs only from .safetensors "
+            "LoRA is a pickle-based checkpoint; kontext-parity loads LoRAs only from .safetensors "
             "(a pickle can run code when loaded)", source=path)
+    if not path.is_file():
+        raise ParityError("LoRA file not found", source=path)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            yield handle
     except (SafetensorError, OSError, ValueError) as err:
-        raise ParityError(f"not a readable safetensors file (truncated or corrupt?): {err}", source=path) from None
+        raise ParityError(f"LoRA is not a readable safetensors file (truncated or corrupt?): {err}",
+                          source=path) from None
+
+
+def check_lora_file(path: str | Path) -> None:
+    """Header only (cheap): a truncated download fails before any model loads, not hours into a run."""
+    with _open_safetensors(Path(path)) as handle:
+        if not list(handle.keys()):
+            raise ParityError("the LoRA's safetensors file holds no tensors", source=path)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata; only safetensors are read, pickles are refused without being opened."""
+    with _open_safetensors(path) as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if not tensors:
-        raise ParityError("the safetensors file holds no tensors", source=path)
+        raise ParityError("the LoRA's safetensors file holds no tensors", source=path)
     return tensors, metadata
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageOps
 
+from ..imaging import conversion_notes
 from .registry import describe_family, register
 from .sizing import preferred_resolution
 
@@ -74,10 +75,15 @@ def alpha_drop(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _composites(image: Image.Image) -> bool:
+    """Whether alpha_white composites this image (others go through plain convert("RGB"))."""
+    return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
+
+
 @register("alpha", "white")
 def alpha_white(image: Image.Image) -> Image.Image:
     """Composite transparent pixels over white before dropping alpha."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if _composites(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -115,10 +121,13 @@ def prepare_control(
     requested: tuple[int, int],
     output: tuple[int, int],
 ) -> tuple[Image.Image, Image.Image, dict]:
-    """Run the chain; returns (image handed to the pipeline, image the VAE sees, sizes seen)."""
+    """Run the chain; returns (image handed to the pipeline, image the VAE sees, a trace: sizes seen, the
+    file's mode, and notes on what becoming RGB changed, as AI Toolkit's convert("RGB") changes it too)."""
     from .registry import lookup
 
-    trace = {"control_file_size": list(image.size)}
+    notes = conversion_notes(image, alpha_composited=alpha == "white" and _composites(image),
+                             exif_transposed=exif_transpose)
+    trace = {"control_file_size": list(image.size), "control_mode": image.mode, "control_notes": notes}
     if exif_transpose:
         image = ImageOps.exif_transpose(image)
     image = lookup("alpha", alpha)(image)

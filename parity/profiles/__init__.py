@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ParityError, unknown_value
+from ..errors import ParityError, unknown_value, yaml_problem
 
 PROFILE_DIR = Path(__file__).resolve().parent
 REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance", "control_image")
@@ -50,7 +50,7 @@ def _read(path: Path) -> Profile:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ParityError(f"malformed YAML: {err}", source=path) from None
+        raise ParityError(yaml_problem(err), source=path) from None
     if not isinstance(data, dict) or "name" not in data:
         raise ParityError("a profile is a mapping with at least a name", source=path)
     unknown = set(data) - {"name", "source", "description", "knobs", "defaults", "exposes", "notes"}
