@@ -2,11 +2,12 @@
 
 A case file has
   base:      model id or folder (optional; the CLI's --base wins)
-  previews:  {runs: [AI Toolkit run folders], ctrl_root: ..., config: ...}  (optional)
+  previews:  {runs: [AI Toolkit run folders], steps: last|first|[N, ...], ctrl_root, config, unpaired}
   defaults:  fields (and optionally a profile) applied to every case
   cases:     explicit cases, each with optional `profile`, `matrix` (cartesian sweep) and
              `ablate` (one knob changed at a time from the case itself)
-  variants:  with previews: how to re-run every preview (a profile, `set` overrides, matrix/ablate)
+  variants:  with previews: how to re-run every preview (a profile, `set` overrides, matrix/ablate,
+             `steps` to apply a variant only to the previews of some training steps)
 Relative paths are relative to the case file. Every problem names the file and the case.
 """
 from __future__ import annotations
@@ -78,28 +79,32 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
         spec = preview_spec or {}
         runs_root = root if not previews else Path.cwd()
         variants = data.get("variants") or [{"name": "baseline"}]
-        steps = spec.get("steps")  # only the previews drawn at these training steps (CPU-sized sweeps)
-        if steps is not None and (not isinstance(steps, list) or not steps
-                                  or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps)):
-            raise ParityError(f"previews.steps must be a list of training steps such as [10], not {steps!r}")
+        steps = _step_selector(spec.get("steps"), "previews.steps")
+        for j, variant_spec in enumerate(variants):
+            if not isinstance(variant_spec, dict):
+                raise ParityError(f"variants[{j}] must be a mapping")
         for run_dir in runs:
             run = load_run(_resolve(run_dir, runs_root), config=config or spec.get("config"),
                            ctrl_root=ctrl_root or spec.get("ctrl_root"),
                            unpaired=unpaired or spec.get("unpaired", "error"))
-            picked = [p for p in run.previews if steps is None or p.step in steps]
-            chosen = [c for c in preview_cases(run) if steps is None or int(c.tag("step")) in steps]
+            found = sorted({p.step for p in run.previews})
+            picked = [p for p in run.previews if p.step in _selected(steps, found)]
+            chosen = [c for c in preview_cases(run) if int(c.tag("step")) in _selected(steps, found)]
             plan.notes += [f"{run.name}: {note}" for note in run.notes] + preview_notes(picked)
             if not picked:
-                found = sorted({p.step for p in run.previews})
                 raise ParityError(f"previews.steps {steps} selects no preview of {run.name} (its previews are at "
                                   f"steps {', '.join(map(str, found))})")
             if not chosen:
                 raise ParityError(f"no selected preview of {run.name} can be reproduced: {preview_notes(picked)[0]}")
+            reproducible = sorted({int(c.tag("step")) for c in chosen})
             for preview_case in chosen:
                 base_fields = preview_case.to_dict()
                 for j, variant_spec in enumerate(variants):
                     merged = {**defaults, **variant_spec}
                     merged.setdefault("name", f"variant{j}")
+                    only = _step_selector(merged.pop("steps", None), f'variant "{merged["name"]}" steps')
+                    if int(preview_case.tag("step")) not in _selected(only, reproducible):
+                        continue
                     for variant in _variants(merged):
                         plan.cases.append(_build(base_fields, variant, root, prefix=preview_case.name))
     elif preview_spec is not None and not plan.cases:
@@ -111,6 +116,25 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
     if dupes:
         raise ParityError(f'case name "{dupes[0]}" is used more than once')
     return plan
+
+
+def _step_selector(value, where: str):
+    """None (every step), "last" / "first" (a run's final / earliest previews) or a list of steps."""
+    if value is None or value in ("last", "first"):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    raise ParityError(f'{where} must be "last", "first" or a list of training steps such as [10], not {value!r}')
+
+
+def _selected(selector, steps: list[int]) -> set[int]:
+    if selector is None:
+        return set(steps)
+    if selector == "last":
+        return {max(steps)} if steps else set()
+    if selector == "first":
+        return {min(steps)} if steps else set()
+    return set(selector)
 
 
 def _variants(spec: dict) -> list[dict]:

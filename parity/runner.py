@@ -85,6 +85,7 @@ class Runner:
                  offload: str = "none", lpips_net: str = "alex", progress: bool = True, metrics: bool = True,
                  shard: tuple[int, int] | None = None):
         self.shard = shard
+        self._warned: dict[str, list[str]] = {}  # warning text -> cases that got it
         self.store = ResultsStore(run_dir, shard=shard[0] if shard else None)
         self._engine = engine
         self.engine_args = {"base": base, "device": device, "offload": offload}
@@ -147,6 +148,10 @@ class Runner:
             finally:
                 settle()
                 bar.close()
+                repeated = sum(len(cases) - 1 for cases in self._warned.values())
+                if repeated:
+                    _print_warning(f"{repeated} repeats of the warnings above in other cases (their rows' "
+                                   "`warnings` column lists them)")
                 if shard is None:
                     self.store.write_tables()
         summary.seconds = time.perf_counter() - started
@@ -161,8 +166,11 @@ class Runner:
         summary.rows.append(row)
         summary.computed += 1
         bar.update(1)
-        for warning in row["warnings"]:
-            _print_warning(f'case "{case.name}": {warning}')
+        for warning in row["warnings"]:  # each distinct warning printed once, repeats counted
+            seen = self._warned.setdefault(warning, [])
+            if not seen:
+                _print_warning(f'case "{case.name}": {warning}')
+            seen.append(case.name)
 
     def _fail(self, case: Case, key: str, err: ParityError, summary: RunSummary) -> ParityError:
         """Record an error row (the table shows which case stopped the run, and why); return the error to raise."""
