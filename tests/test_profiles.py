@@ -140,8 +140,13 @@ def test_preview_step_filter_names_the_steps_it_has(tmp_path, demo_runs):
     with pytest.raises(ParityError, match=r"previews.steps \[5\] selects no preview of tiny_bf16 .*0, 10, 20"):
         load_plan(path)
     path.write_text(yaml.safe_dump({"previews": {"runs": runs, "steps": "10"}}))
-    with pytest.raises(ParityError, match="previews.steps must be a list"):
+    with pytest.raises(ParityError, match='previews.steps must be "last", "first" or a list'):
         load_plan(path)
+    spec = {"previews": {"runs": runs}, "variants": [{"name": "all"}, {"name": "final", "steps": "last"}]}
+    path.write_text(yaml.safe_dump(spec))
+    names = [c.name for c in load_plan(path).cases]
+    assert len([n for n in names if n.endswith("/all")]) == 9
+    assert sorted(n for n in names if n.endswith("/final")) == [f"tiny_bf16/step20/p{i}/final" for i in range(3)]
 
 
 @pytest.mark.parametrize("name, request_", [
