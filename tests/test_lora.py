@@ -136,7 +136,7 @@ def test_merged_fp32_matches_ai_toolkit_merge_formula(engine, lora_a):
     pipe, applier = engine.pipeline("bf16")
     lora = engine.lora_file(str(lora_a), pipe.transformer)
     name = MODULES[0][0]
-    linear = applier._linear(name)
+    linear = applier.linear(name)
     w0 = linear.weight.detach().clone()
     down, up = lora.modules[name]
     with applier.applied([(lora, 0.7, "merged_fp32")]):

@@ -94,6 +94,7 @@ class Engine:
         if key not in self._pipelines:
             while len(self._pipelines) >= self.keep_pipelines:
                 self._pipelines.popitem(last=False)
+                self._lora_files.clear()  # audited against the evicted transformer
                 self._prompt_cache.clear()
                 self._control_cache.clear()
             pipe = load_pipeline(self.base, dtype, self.device, self.offload)
@@ -199,6 +200,7 @@ class Engine:
         """Set explicitly for every case: resetting does not bring every kernel choice back."""
         if getattr(pipe, "_parity_attention", None) == name:
             return
+        pipe._parity_attention = None  # unknown until the switch and its probe succeed
         from diffusers.models.attention_dispatch import dispatch_attention_fn
 
         backend = lookup("attention_backend", name)()

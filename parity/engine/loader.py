@@ -61,7 +61,8 @@ def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "n
     tlogging.set_verbosity_error()
     tlogging.disable_progress_bar()
     try:
-        pipe = FluxKontextPipeline.from_pretrained(base, dtype=DTYPES[dtype], local_files_only=local)
+        pipe = FluxKontextPipeline.from_pretrained(base, dtype=DTYPES[dtype], local_files_only=local,
+                                                   use_safetensors=True)  # never a pickled .bin
     except (OSError, ValueError, EnvironmentError) as err:
         raise ParityError(f"cannot load the base model: {err}", source=base) from None
     pipe.set_progress_bar_config(disable=True)

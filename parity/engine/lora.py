@@ -10,12 +10,14 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..errors import ParityError
 from ..knobs import lookup
 
+PEFT_MODES = {"dynamic", "fused"}  # modes that drive diffusers' PEFT adapters
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 _PAIR = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[^.]+)?\.weight$")
 
@@ -223,10 +225,6 @@ class LoraApplier:
             self.adapters[lora.path] = name
         return self.adapters[lora.path]
 
-    def _linear(self, module: str) -> torch.nn.Linear:
-        target = self.transformer.get_submodule(module)
-        return target.base_layer if hasattr(target, "base_layer") else target
-
     def quantized(self) -> bool:
         from .quantize import is_quantized
 
@@ -245,12 +243,40 @@ class LoraApplier:
             self.pipe.set_adapters(list(state[0]), list(state[1]))
         self._peft_state = state
 
+    # --- what the lora_mode functions (parity.knobs.lora_modes) use --------------------------------
+    def set_adapters(self, items: list[tuple[LoraFile, float]]) -> list[str]:
+        """Load each file as a PEFT adapter once, then activate exactly these with these weights."""
+        names = [self._adapter(lora) for lora, _ in items]
+        self._set_peft((tuple(names), tuple(float(scale) for _, scale in items)))
+        return names
+
+    def adapters_unknown(self) -> None:
+        """The PEFT state changed behind our back (a fuse): set it again before the next use."""
+        self._peft_state = "unknown"
+
+    def linear(self, module: str) -> torch.nn.Linear:
+        """The plain Linear of a transformer module, under PEFT's wrapper if an adapter is loaded."""
+        target = self.transformer.get_submodule(module)
+        return target.base_layer if hasattr(target, "base_layer") else target
+
+    def snapshot(self, modules) -> Callable[[], None]:
+        """Copy these modules' weights aside; the returned callable copies them back, bit for bit."""
+        saved = {m: self.linear(m).weight.detach().to("cpu", copy=True) for m in modules}
+
+        def restore() -> None:
+            with torch.no_grad():
+                for module, weight in saved.items():
+                    linear = self.linear(module)
+                    linear.weight.copy_(weight.to(linear.weight.device))
+
+        return restore
+
     def _check(self, items) -> None:
         modes = {m for _, _, m in items}
-        if modes & {"fused"} and modes & {"dynamic"}:
-            raise ParityError("a case cannot mix fused and dynamic LoRAs")
-        if modes & {"dynamic", "fused", "merged_fp32"} and self.quantized():
-            bad = sorted(modes & {"dynamic", "fused", "merged_fp32"})
+        if len(modes & PEFT_MODES) > 1:
+            raise ParityError("a case cannot mix fused and dynamic LoRAs (both drive the same PEFT adapters)")
+        if modes - {"branch"} and self.quantized():
+            bad = sorted(modes - {"branch"})
             raise ParityError(
                 f"LoRA mode {', '.join(bad)} does not work on a quantized (optimum-quanto) base: PEFT cannot load "
                 "adapters onto quanto layers and their fp8 weights cannot be merged into. Use mode 'branch', "
@@ -258,53 +284,21 @@ class LoraApplier:
 
     @contextmanager
     def applied(self, items: list[tuple[LoraFile, float, str]]):
-        """items: (file, scale, mode). Restores the base on exit, also after an error."""
+        """items: (file, scale, mode). Each mode applies its group; undone in reverse, also after an error."""
         self._check(items)
-        peft = [(f, s, m) for f, s, m in items if m in ("dynamic", "fused")]
-        ours = [(f, s, m) for f, s, m in items if m in ("branch", "merged_fp32")]
-        snapshot: dict[str, torch.Tensor] = {}
-        hooks = []
-        fused = False
+        if self.adapters and not {m for _, _, m in items} & PEFT_MODES:
+            self._set_peft(None)
+        groups: dict[str, list[tuple[LoraFile, float]]] = {}
+        for lora, scale, mode in items:
+            groups.setdefault(mode, []).append((lora, scale))
+        undo: list[Callable[[], None]] = []
         try:
-            if peft:
-                names = [self._adapter(f) for f, _, _ in peft]
-                self._set_peft((tuple(names), tuple(float(s) for _, s, _ in peft)))
-                if any(m == "fused" for _, _, m in peft):
-                    snapshot.update(self._snapshot({m for f, _, _ in peft for m in f.modules}))
-                    self._peft_state = "unknown"  # until unfused and restored below
-                    self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
-                    fused = True
-            elif self.adapters:
-                self._set_peft(None)
-            for lora, scale, mode in ours:
-                fn = lookup("lora_mode", mode)
-                for module, (down, up) in lora.modules.items():
-                    linear = self._linear(module)
-                    device = linear.weight.device
-                    down_d, up_d = down.to(device), up.to(device)
-                    alpha = lora.alpha_scale(module)
-                    if mode == "merged_fp32":
-                        if module not in snapshot:
-                            snapshot[module] = linear.weight.detach().to("cpu", copy=True)
-                        with torch.no_grad():
-                            linear.weight.copy_(fn(linear.weight, down_d, up_d, float(scale), alpha))
-                    else:
-                        hooks.append(linear.register_forward_hook(
-                            lambda mod, args, out, d=down_d, u=up_d, s=float(scale), a=alpha, f=fn:
-                            f(args[0], out, d, u, s, a)))
+            for mode, group in groups.items():
+                undo.append(lookup("lora_mode", mode)(self, group))
             yield
         finally:
-            for hook in hooks:
-                hook.remove()
-            if fused:
-                self.pipe.unfuse_lora(components=["transformer"])
-            with torch.no_grad():
-                for module, weight in snapshot.items():
-                    linear = self._linear(module)
-                    linear.weight.copy_(weight.to(linear.weight.device))
-
-    def _snapshot(self, modules) -> dict[str, torch.Tensor]:
-        return {m: self._linear(m).weight.detach().to("cpu", copy=True) for m in modules}
+            for step in reversed(undo):
+                step()
 
     # --- reproducing a training run's history -------------------------------------------------
     def aitk_merge_cycle(self, lora: LoraFile, multiplier: float = 1.0) -> float:
@@ -322,7 +316,7 @@ class LoraApplier:
         drift = 0.0
         with torch.no_grad():
             for module, (down, up) in lora.modules.items():
-                linear = self._linear(module)
+                linear = self.linear(module)
                 before = linear.weight.detach().clone()
                 d, u, a = down.to(before.device), up.to(before.device), lora.alpha_scale(module)
                 merged = lora_merged_fp32(before, d, u, multiplier, a)

@@ -10,9 +10,15 @@ from .registry import describe_family, register
 describe_family("output_format", "how the output image is encoded before it is compared")
 
 
-def _roundtrip(image: Image.Image, **save_args) -> tuple[bytes, Image.Image]:
+# PIL's JPEG defaults, which AI Toolkit's plain ``image.save(path)`` previews get.
+JPEG_DEFAULT_QUALITY = 75
+JPEG_DEFAULT_SUBSAMPLING = 2  # PIL's codes: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0
+
+
+def roundtrip(image: Image.Image, **save_args) -> tuple[bytes, Image.Image]:
+    """Encode with PIL and decode again: the bytes a user downloads and the RGB pixels they see."""
     buffer = io.BytesIO()
-    image.save(buffer, **save_args)
+    image.convert("RGB").save(buffer, **save_args)
     data = buffer.getvalue()
     decoded = Image.open(io.BytesIO(data))
     decoded.load()
@@ -22,19 +28,20 @@ def _roundtrip(image: Image.Image, **save_args) -> tuple[bytes, Image.Image]:
 @register("output_format", "png")
 def encode_png(image: Image.Image, quality: int | None) -> tuple[bytes, Image.Image]:
     """Lossless: the decoded image equals the pipeline's pixels."""
-    return _roundtrip(image, format="PNG")
+    return roundtrip(image, format="PNG")
 
 
 @register("output_format", "jpeg")
 def encode_jpeg(image: Image.Image, quality: int | None) -> tuple[bytes, Image.Image]:
     """PIL JPEG, 4:2:0; quality 75 is PIL's default and AI Toolkit's previews."""
-    return _roundtrip(image, format="JPEG", quality=75 if quality is None else quality, subsampling=2)
+    quality = JPEG_DEFAULT_QUALITY if quality is None else quality
+    return roundtrip(image, format="JPEG", quality=quality, subsampling=JPEG_DEFAULT_SUBSAMPLING)
 
 
 @register("output_format", "webp")
 def encode_webp(image: Image.Image, quality: int | None) -> tuple[bytes, Image.Image]:
     """Lossy WebP (PIL default quality 80)."""
-    return _roundtrip(image, format="WEBP", quality=80 if quality is None else quality)
+    return roundtrip(image, format="WEBP", quality=80 if quality is None else quality)
 
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}

@@ -6,13 +6,16 @@
 - branch: AI Toolkit's unmerged forward (quantized bases, or a batch with mixed multipliers).
 - merged_fp32: AI Toolkit's merge into an unquantized base, written back in the base dtype.
 
-The functions below are the numerics, operation for operation as AI Toolkit runs them
-(ostris/ai-toolkit 27a03a9, ``toolkit/network_mixins.py``, ``toolkit/lora_special.py``);
-``parity.engine.lora`` applies them to modules. ``alpha_scale`` is AI Toolkit's ``self.scale``
+The registered functions apply a mode to a pipeline through ``parity.engine.lora.LoraApplier``
+and return the callable that undoes it; ``lora_merged_fp32`` and ``lora_branch`` are AI Toolkit's
+numerics, operation for operation (ostris/ai-toolkit 27a03a9, ``toolkit/network_mixins.py``,
+``toolkit/lora_special.py``). ``alpha_scale`` is AI Toolkit's ``self.scale``
 (alpha / rank, 1.0 when the file has no alpha keys, as AI Toolkit's own PEFT-format files);
 ``scale`` is the network multiplier.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -21,19 +24,6 @@ from .registry import describe_family, register
 describe_family("lora_mode", "how a LoRA's delta is combined with the base weights")
 
 
-@register("lora_mode", "dynamic")
-def lora_dynamic(*_):
-    """PEFT adapter at run time, in the base dtype (handled by PEFT's layers)."""
-    raise NotImplementedError("dynamic LoRA is applied through PEFT adapter weights")
-
-
-@register("lora_mode", "fused")
-def lora_fused(*_):
-    """PEFT fuse_lora into the base weights (handled by PEFT)."""
-    raise NotImplementedError("fused LoRA is applied through PEFT fuse_lora")
-
-
-@register("lora_mode", "merged_fp32")
 def lora_merged_fp32(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float,
                      alpha_scale: float = 1.0) -> torch.Tensor:
     """AI Toolkit's merge_in: ``W.float() + m * (B @ A) * (alpha/rank)`` in float32, back to W's dtype.
@@ -62,7 +52,6 @@ def lora_unmerge_aitk(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor
     return lora_merged_fp32(weight, down, up, -abs(float(scale)), alpha_scale)
 
 
-@register("lora_mode", "branch")
 def lora_branch(x: torch.Tensor, base_out: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float,
                 alpha_scale: float = 1.0) -> torch.Tensor:
     """AI Toolkit's side branch, added to the base module's own output.
@@ -78,3 +67,59 @@ def lora_branch(x: torch.Tensor, base_out: torch.Tensor, down: torch.Tensor, up:
     lora_out = lora_out * torch.tensor(float(alpha_scale), dtype=down.dtype, device=lora_out.device)
     lora_out = lora_out * torch.tensor([float(scale)], dtype=down.dtype, device=lora_out.device)
     return base_out + lora_out.to(base_out.dtype)
+
+
+# --- the modes: each applies (file, scale) items to a LoraApplier and returns its undo ----------------
+
+
+@register("lora_mode", "dynamic")
+def apply_dynamic(target, items) -> Callable[[], None]:
+    """PEFT adapters weighted at run time in the base dtype (reference server, diffusers set_adapters)."""
+    target.set_adapters(items)
+    return lambda: None
+
+
+@register("lora_mode", "fused")
+def apply_fused(target, items) -> Callable[[], None]:
+    """PEFT fuse_lora into the weights; undone by copying the weights back (unfusing in bf16 is not exact)."""
+    names = target.set_adapters(items)
+    restore = target.snapshot({m for lora, _ in items for m in lora.modules})
+    target.adapters_unknown()  # until unfused below, whatever happens
+
+    def undo() -> None:
+        target.pipe.unfuse_lora(components=["transformer"])  # clears PEFT's merged flags, also after a partial fuse
+        restore()
+
+    try:
+        target.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
+    except BaseException:
+        undo()
+        raise
+    return undo
+
+
+@register("lora_mode", "merged_fp32")
+def apply_merged_fp32(target, items) -> Callable[[], None]:
+    """AI Toolkit on an unquantized base: merged in float32, written in the base dtype, snapshot restored."""
+    restore = target.snapshot({m for lora, _ in items for m in lora.modules})
+    with torch.no_grad():
+        for lora, scale in items:
+            for module, (down, up) in lora.modules.items():
+                linear = target.linear(module)
+                d, u = down.to(linear.weight.device), up.to(linear.weight.device)
+                linear.weight.copy_(lora_merged_fp32(linear.weight, d, u, float(scale), lora.alpha_scale(module)))
+    return restore
+
+
+@register("lora_mode", "branch")
+def apply_branch(target, items) -> Callable[[], None]:
+    """AI Toolkit on a quantized base or mixed multipliers: a float32 side branch as a forward hook."""
+    hooks = []
+    for lora, scale in items:
+        for module, (down, up) in lora.modules.items():
+            linear = target.linear(module)
+            d, u = down.to(linear.weight.device), up.to(linear.weight.device)
+            hooks.append(linear.register_forward_hook(
+                lambda mod, args, out, d=d, u=u, s=float(scale), a=lora.alpha_scale(module):
+                lora_branch(args[0], out, d, u, s, a)))
+    return lambda: [hook.remove() for hook in hooks]

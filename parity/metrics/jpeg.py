@@ -8,12 +8,11 @@ Annex K example tables with the IJG quality scaling.
 """
 from __future__ import annotations
 
-import io
-
 from PIL import Image, JpegImagePlugin
 
-PIL_DEFAULT_QUALITY = 75
-PIL_DEFAULT_SUBSAMPLING = 2  # PIL's codes: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0
+from ..knobs.encoding import JPEG_DEFAULT_QUALITY as PIL_DEFAULT_QUALITY
+from ..knobs.encoding import JPEG_DEFAULT_SUBSAMPLING as PIL_DEFAULT_SUBSAMPLING
+from ..knobs.encoding import roundtrip
 
 # ITU-T T.81 Annex K, tables K.1 (luminance) and K.2 (chrominance), row-major
 # (natural order, which is also how PIL reports ``Image.quantization``).
@@ -68,8 +67,4 @@ def reencode_jpeg(
     image: Image.Image, quality: int = PIL_DEFAULT_QUALITY, subsampling: int = PIL_DEFAULT_SUBSAMPLING
 ) -> Image.Image:
     """``image`` after a JPEG round trip with the given settings (the defaults are AI Toolkit's)."""
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=subsampling)
-    buf.seek(0)
-    with Image.open(buf) as decoded:
-        return decoded.convert("RGB")
+    return roundtrip(image, format="JPEG", quality=quality, subsampling=subsampling)[1]
