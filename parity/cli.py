@@ -54,18 +54,22 @@ def main():
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True,
               help="LPIPS backbone.")
 @click.option("--no-metrics", is_flag=True, help="Only generate; skip comparisons with previews.")
+@click.option("--serial-metrics", is_flag=True,
+              help="Compare each case with its preview before the next case starts, so CPU timings and memory "
+                   "are clean (default: the comparison overlaps the next generation; rows say so in "
+                   "`metrics_overlapped`).")
 @click.option("--no-report", is_flag=True, help="Do not write the HTML/Markdown/JUnit reports at the end.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (CI logs).")
-def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload, lpips_net, no_metrics, no_report,
-        threads, no_progress):
+def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload, lpips_net, no_metrics,
+        serial_metrics, no_report, threads, no_progress):
     """Run the cases of CASES (a YAML case file) and write images and a results table."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from .distributed import barrier, current_world
+    from .distributed import current_world, settle
     from .plan import load_plan
     from .runner import Runner
 
@@ -77,15 +81,25 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
             click.echo(f"note: {note}", err=True)
     out = out or Path("reports") / cases.stem
     runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
-                    progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard)
+                    progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard,
+                    serial_metrics=serial_metrics)
     where = f" (process {world.rank + 1} of {world.size})" if world.size > 1 else ""
     click.echo(f"{len(plan.cases)} cases from {cases} -> {out}{where}", err=True)
-    summary = runner.run(plan)
-    click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s{where}", err=True)
-    barrier(world)
+    failure = None
+    try:
+        summary = runner.run(plan)
+        click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s{where}",
+                   err=True)
+    except Exception as err:  # re-raised below, once every process has settled
+        failure = err
+    failures = settle(world, failure, runner.store.merge) if world.size > 1 else []
+    if failure is not None:
+        raise failure
     if not world.is_main:
         return
-    runner.store.write_tables()
+    if failures:
+        raise ParityError(failures[0] + (f" (and {len(failures) - 1} more process(es) failed)"
+                                         if len(failures) > 1 else ""))
     click.echo(f"results: {out / 'results.csv'}")
     if not no_report:
         from .report import write_reports

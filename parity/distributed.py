@@ -1,12 +1,14 @@
 """Scale-out: split a plan over processes started by `accelerate launch` or `torchrun`.
 
-Each process takes every world_size-th case, writes its own results shard, and waits at a
-barrier; rank 0 then writes the merged tables and reports. Across hosts the run folder must
-be shared (or the shards copied together before `parity report`).
+Each process takes every world_size-th case, writes its own results shard, and waits for the
+others, also after an error; rank 0 then writes the merged tables and reports, or names the
+process that failed. Across hosts the run folder must be shared (or the shards copied together
+before `parity report`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -42,14 +44,25 @@ def current_world() -> World:
     return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def barrier(world: World, timeout_s: float = 6 * 3600) -> None:
-    """Wait for every process (gloo on CPU, NCCL on GPUs); a no-op for one process."""
-    if world.size <= 1:
-        return
-    import torch
+def settle(world: World, error: BaseException | None, merge: Callable[[], object],
+           timeout_s: float = 6 * 3600) -> list[str]:
+    """End of a multi-process run: wait for every process, a failed one too (else the others would
+    wait for it until the timeout), run ``merge`` on rank 0 while the others still wait (a launcher
+    stops every process once one exits with an error), and return "process N of M failed: ..." for
+    each failed process.
+
+    gloo always: only a few bytes move, and NCCL would need each process's GPU set first.
+    """
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    dist.barrier()
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    outcomes: list[str | None] = [None] * world.size
+    dist.all_gather_object(outcomes, None if error is None else str(error))
+    try:
+        if world.is_main:
+            merge()
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+    return [f"process {rank + 1} of {world.size} failed: {text}" for rank, text in enumerate(outcomes) if text]

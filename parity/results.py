@@ -2,8 +2,9 @@
 
 ``results.jsonl`` gets one line per finished case, flushed and fsynced before the next case
 starts, so a killed run loses at most the case in flight; a rerun reads it back and skips
-every case whose inputs and knobs are unchanged. The CSV/JSON views are regenerated
-atomically from it.
+every case whose inputs and knobs are unchanged. Each row carries ``finished_at``, so the newest
+row of a case wins whichever file (results.jsonl, a shard) it is in. The CSV/JSON views are
+regenerated atomically from it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import ParityError
@@ -20,6 +22,8 @@ from .errors import ParityError
 ROWS = "results.jsonl"
 ROW_START = '{"name": '  # every row is written with its name first
 PARTIAL = ".partial"  # suffix of a write that a kill interrupted before its rename
+PLAN = "plan.json"  # the plan of the newest run into the folder
+SHARD = re.compile(r"results-rank(\d+)\.jsonl")
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -78,24 +82,31 @@ class ResultsStore:
             raise ParityError(f"cannot write to the output folder: {err.strerror}", source=self.dir) from None
         self.rows_path = self.dir / ROWS if shard is None else self.dir / "shards" / f"results-rank{shard}.jsonl"
         self.rows_path.parent.mkdir(exist_ok=True)
-        if shard is None:  # alone in the folder: leftovers of a killed write can go
-            for leftover in self.dir.rglob(f"*{PARTIAL}"):
-                leftover.unlink(missing_ok=True)
+        self._last_stamp: int | None = None
+        if shard is None:  # alone in the folder
+            self.remove_partials()
+
+    def remove_partials(self) -> None:
+        """Delete leftovers of writes a kill interrupted; only while no other process writes here."""
+        for leftover in self.dir.rglob(f"*{PARTIAL}"):
+            leftover.unlink(missing_ok=True)
 
     def rows(self) -> list[dict]:
         """Every complete row of every shard (see ``read_rows``)."""
         return read_rows(self.dir)
 
     def done(self) -> dict[str, dict]:
-        """run_key -> row for cases that finished and whose output file is still there."""
-        out = {}
-        for row in self.rows():
-            if row.get("status") == "ok" and (self.dir / row.get("output_file", "")).is_file():
-                out[row["run_key"]] = row
-        return out
+        """run_key -> row for cases whose newest row is ok and whose output file is still there
+        (a newer error row, e.g. a comparison that failed on a rerun, means not done)."""
+        return {key: row for key, row in newest(self.rows(), "run_key").items()
+                if row.get("status") == "ok" and (self.dir / row.get("output_file", "")).is_file()}
 
     def append(self, row: dict) -> None:
-        line = json.dumps(json_safe(row), default=str) + "\n"
+        """Append ``row`` stamped with ``finished_at``, which decides which row of a case is the newest."""
+        if self._last_stamp is None:  # newer than every row already here, even if the clock went back
+            self._last_stamp = max((_stamp(r) or 0 for r in self.rows()), default=0)
+        self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
+        line = json.dumps(json_safe({**row, "finished_at": self._last_stamp}), default=str) + "\n"
         try:
             with open(self.rows_path, "a+", encoding="utf-8") as handle:
                 if handle.tell() > 0:  # after a kill mid-append, start on a fresh line
@@ -109,11 +120,13 @@ class ResultsStore:
             raise ParityError(f"cannot append a result row: {err.strerror}", source=self.rows_path) from None
 
     def latest_rows(self) -> list[dict]:
-        """One row per case name, the newest (a rerun after a fix replaces an error row)."""
-        latest: dict[str, dict] = {}
-        for row in self.rows():
-            latest[row["name"]] = row
-        return list(latest.values())
+        """One row per case of the plan, the newest (see ``latest_rows``)."""
+        return latest_rows(self.dir)
+
+    def merge(self) -> dict[str, Path]:
+        """A multi-process run's tables, on rank 0 once every process is done writing."""
+        self.remove_partials()
+        return self.write_tables()
 
     def write_tables(self) -> dict[str, Path]:
         """results.csv and results.json (and results.parquet when pyarrow is present)."""
@@ -138,9 +151,61 @@ class ResultsStore:
 
 
 def row_files(run_dir: str | Path) -> list[Path]:
-    """results.jsonl and the shards of a multi-process run."""
+    """results.jsonl and the shards of a multi-process run, by rank (rank10 after rank2)."""
     run_dir = Path(run_dir)
-    return [p for p in [run_dir / ROWS, *sorted((run_dir / "shards").glob("results-rank*.jsonl"))] if p.is_file()]
+    shards = [p for p in (run_dir / "shards").glob("results-rank*.jsonl") if SHARD.fullmatch(p.name)]
+    shards.sort(key=lambda p: int(SHARD.fullmatch(p.name)[1]))
+    return [p for p in [run_dir / ROWS, *shards] if p.is_file()]
+
+
+def _stamp(row: dict) -> int | None:
+    value = row.get("finished_at")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _age(row: dict) -> tuple[bool, int]:
+    """Rows written before ``finished_at`` existed are older than any stamped row."""
+    stamp = _stamp(row)
+    return stamp is not None, stamp or 0
+
+
+def newest(rows: list[dict], by: str = "name") -> dict:
+    """row[by] -> its newest row, in first-seen order: the larger ``finished_at`` wins, and between
+    rows without one the later in file order (rows lacking ``by`` are left out)."""
+    latest: dict = {}
+    for row in rows:
+        key = row.get(by)
+        if key is not None and (key not in latest or _age(row) >= _age(latest[key])):
+            latest[key] = row
+    return latest
+
+
+def plan_names(run_dir: str | Path) -> set[str] | None:
+    """Case names of the folder's plan.json (None without one): cases since removed from the case file
+    must not linger in tables, reports and the gate."""
+    path = Path(run_dir) / PLAN
+    if not path.is_file():
+        return None
+    try:
+        return {case["name"] for case in json.loads(path.read_text(encoding="utf-8"))["cases"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ParityError(f"cannot read the plan of the run: {err}", source=path) from None
+
+
+def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
+    """The newest row of each case of the run's plan, in first-seen order (a rerun after a fix
+    replaces an error row). ``strict``: a row without a name or an ok/error status is an error
+    (a gate must not pass on rows it could not read); otherwise it is skipped."""
+    rows = []
+    for row in read_rows(run_dir, strict=strict):
+        if not isinstance(row.get("name"), str) or row.get("status") not in ("ok", "error"):
+            if strict:
+                raise ParityError(f'a results row needs a name and a status "ok" or "error": {str(row)[:80]}',
+                                  source=run_dir)
+            continue
+        rows.append(row)
+    names = plan_names(run_dir)
+    return [row for name, row in newest(rows).items() if names is None or name in names]
 
 
 def read_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:

@@ -1,8 +1,9 @@
 """The runner: a Plan through the Engine into a run folder, resumable and crash-safe.
 
 For each case: generate (main thread) -> save output files atomically -> compare with its
-preview (a worker thread, overlapping the next generation) -> append one results row.
-Cases already in the folder with the same inputs and knobs are skipped.
+preview (a worker thread, overlapping the next generation unless ``serial_metrics``) -> append
+one results row. Cases already in the folder with the same inputs, knobs, device type and
+library versions, measured as this run measures, are skipped.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .errors import ParityError
 from .imaging import conversion_notes, open_image
 from .knobs.encoding import EXTENSIONS
 from .plan import Plan
-from .results import ResultsStore, file_digest, safe_name, write_atomic
+from .results import PLAN, ResultsStore, file_digest, safe_name, write_atomic
 
 
 @dataclass
@@ -35,9 +36,14 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def run_key(case: Case, base: str) -> str:
-    """Identity of a result: every knob, the base, and the bytes of every input file."""
-    parts = [case.key(), str(base), case.name]
+def run_key(case: Case, base: str, device: str) -> str:
+    """Identity of a result: every knob, the base, the bytes of every input file, the device type
+    (cpu/cuda/mps) and the torch and diffusers versions (outputs differ across any of them)."""
+    import diffusers
+    import torch
+
+    device_type = torch.device(device).type
+    parts = [case.key(), str(base), case.name, device_type, torch.__version__, diffusers.__version__]
     for path in [case.control_image, case.preview, *[l.path for l in case.loras]]:
         parts.append(file_digest(path) if path else "-")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
@@ -83,8 +89,11 @@ def environment(engine) -> dict:
 class Runner:
     def __init__(self, run_dir: str | Path, *, engine=None, base: str | None = None, device: str = "auto",
                  offload: str = "none", lpips_net: str = "alex", progress: bool = True, metrics: bool = True,
-                 shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None, serial_metrics: bool = False):
+        """``serial_metrics``: compare each case with its preview before the next case starts, so
+        timings and memory are not inflated by the comparison (it matters on CPU); slower overall."""
         self.shard = shard
+        self.serial_metrics = serial_metrics
         self._warned: dict[str, list[str]] = {}  # warning text -> cases that got it
         self.store = ResultsStore(run_dir, shard=shard[0] if shard else None)
         self._engine = engine
@@ -103,20 +112,21 @@ class Runner:
         return self._engine
 
     def run(self, plan: Plan) -> RunSummary:
-        """Run this process's share of the plan; tables are written by `write_tables` after."""
+        """Run this process's share of the plan; a single process writes the tables at the end
+        (also on an error), a multi-process run merges them after every process is done."""
         started = time.perf_counter()
         shard = self.shard
         cases = plan.cases if shard is None else [c for i, c in enumerate(plan.cases) if i % shard[1] == shard[0]]
         check_inputs(cases)
-        base = self.engine.base
-        write_atomic(self.store.dir / "plan.json", json.dumps(
+        base, device = self.engine.base, str(self.engine.device)
+        write_atomic(self.store.dir / PLAN, json.dumps(
             {"source": plan.source, "base": base, "cases": [c.to_dict() for c in plan.cases]}, indent=1))
         done = self.store.done()
         summary = RunSummary(self.store.dir)
         todo = []
         for case in cases:
-            key = run_key(case, base)
-            if key in done:
+            key = run_key(case, base, device)
+            if key in done and self._measured(case, done[key]):
                 summary.resumed += 1
                 summary.rows.append(done[key])
             else:
@@ -125,6 +135,7 @@ class Runner:
             write_atomic(self.store.dir / "run_info.json", json.dumps(environment(self.engine), indent=1))
         bar = _progress(len(cases), summary.resumed, self.progress)
         pending: tuple[Future, Case, str] | None = None  # the case whose comparison runs in the worker
+        comparing = False  # whether the pending case is compared with a preview (a real load on the CPU)
 
         def settle():
             """Append the pending case's row exactly once, also when an error is on its way out."""
@@ -137,6 +148,7 @@ class Runner:
             try:
                 for case, key in todo:
                     bar.set_postfix_str(case.name[-40:], refresh=False)
+                    overlapped = comparing and pending is not None and not pending[0].done()
                     try:
                         result = self.engine.run(case)
                         files = self._save(case, key, result)
@@ -144,7 +156,10 @@ class Runner:
                         settle()
                         raise self._fail(case, key, err, summary) from None
                     settle()
-                    pending = (pool.submit(self._row, case, key, result, files), case, key)
+                    pending = (pool.submit(self._row, case, key, result, files, overlapped), case, key)
+                    comparing = bool(case.preview and self.metrics)
+                    if self.serial_metrics:
+                        settle()
             finally:
                 settle()
                 bar.close()
@@ -189,9 +204,18 @@ class Runner:
             _save_png(self.store.dir / files["control_file"], result.control_image)
         return files
 
-    def _row(self, case: Case, key: str, result, files: dict) -> dict:
+    def _measured(self, case: Case, row: dict) -> bool:
+        """Whether a finished row holds what this run would measure: a run with --no-metrics, or
+        with another LPIPS backbone, does not stand in for a comparison (the case is regenerated)."""
+        if not (case.preview and self.metrics):
+            return True
+        return "ssim" in row and row.get("lpips_net") == self.lpips_net
+
+    def _row(self, case: Case, key: str, result, files: dict, overlapped: bool) -> dict:
+        """``overlapped``: the previous case's comparison was still running when this case started,
+        so on CPU its time_* and mem_* columns may be inflated (see ``serial_metrics``)."""
         row = {"name": case.name, "run_key": key, "status": "ok", **result.row(), **files,
-               "preview_file": case.preview or ""}
+               "preview_file": case.preview or "", "metrics_overlapped": overlapped}
         if case.preview and self.metrics:
             preview = open_image(case.preview, "preview")
             row["preview_mode"] = preview.mode

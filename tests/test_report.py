@@ -236,3 +236,26 @@ def test_rows_tolerate_kills_but_not_corruption(tmp_path):
     results.write_text(json.dumps({"no": "name"}) + "\n")
     with pytest.raises(ParityError, match="needs a name"):
         load_rows(run)
+
+
+def test_charts_of_thousands_of_rows_stay_within_matplotlib_limits(tmp_path):
+    """Beyond ~2,500 bars a chart would exceed matplotlib's 2^16 px: the charts show the top MAX_BARS only."""
+    from parity.report import charts
+
+    rows = [row(f"case{i}", time_total_s=1.0 + i / 1000) for i in range(3000)]
+    effects = [{"knob": f"knob{i // 3}", "value": str(i % 3), "delta_lpips": 0.01, "delta_ssim": -0.01}
+               for i in range(3000)]
+    figures = []
+    real_save = charts._save
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(charts, "_save", lambda fig, *args: figures.append(fig) or real_save(fig, *args))
+        for chart in (charts.latency_chart(tmp_path, rows), charts.attribution_chart(tmp_path, effects)):
+            with Image.open(tmp_path / chart) as image:
+                assert image.height < 100 * (2 + charts.ROW_INCHES * charts.MAX_BARS)
+    latency, attribution_figure = figures
+    assert latency.axes[0].get_title() == "the 40 slowest of 3000 cases"
+    labels = [label.get_text() for label in latency.axes[0].get_yticklabels()]
+    assert sorted(labels) == sorted(f"case{i}" for i in range(2960, 3000))
+    assert attribution_figure.get_suptitle() == "the 40 knob=value effects of the most influential knobs (of 3000)"
+    first_bars = [label.get_text() for label in attribution_figure.axes[0].get_yticklabels()]
+    assert first_bars[-1] == "knob0=0" and first_bars[0] == "knob13=0"  # the first 40, top to bottom

@@ -85,3 +85,55 @@ def test_outputs_are_valid_images(tmp_path, control_png, engine):
     row = ResultsStore(tmp_path / "run").rows()[0]
     with Image.open(tmp_path / "run" / row["output_file"]) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
+
+
+def _compared_plan(tmp_path, control_png):
+    """Three cases compared with a preview: each comparison may overlap the next generation."""
+    preview = tmp_path / "preview.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(preview)
+    return load_plan(_case_file(tmp_path, control_png, {"cases": [{"name": "base", "preview": str(preview),
+                                                                   "matrix": {"seed": [0, 1, 2]}}]}))
+
+
+def test_serial_metrics_give_identical_images_and_metrics(tmp_path, control_png, engine):
+    plan = _compared_plan(tmp_path, control_png)
+    runs = {}
+    for serial in (False, True):
+        out = tmp_path / f"serial={serial}"
+        Runner(out, engine=engine, progress=False, serial_metrics=serial).run(plan)
+        runs[serial] = {r["name"]: r for r in ResultsStore(out).latest_rows()}
+    assert sorted(runs[False]) == sorted(runs[True]) and len(runs[True]) == 3
+    for name, row in runs[True].items():
+        other = runs[False][name]
+        assert (tmp_path / "serial=True" / row["output_file"]).read_bytes() == \
+               (tmp_path / "serial=False" / other["output_file"]).read_bytes()
+        for metric in ("ssim", "lpips", "psnr", "mean_abs", "max_abs"):
+            assert row[metric] == other[metric], (name, metric)
+        assert row["metrics_overlapped"] is False  # each comparison finished before the next case started
+        assert isinstance(other["metrics_overlapped"], bool)
+    first = next(iter(runs[False].values()))
+    assert first["metrics_overlapped"] is False  # nothing ran before the first case
+
+
+def test_serial_metrics_flag_is_documented():
+    from click.testing import CliRunner
+
+    from parity.cli import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
+    assert "--serial-metrics" in help_text and "CPU timings and memory are clean" in help_text
+
+
+def test_single_process_cli_run_writes_the_tables_once(tmp_path, control_png, engine, monkeypatch):
+    from click.testing import CliRunner
+
+    from parity.cli import main
+
+    monkeypatch.setattr("parity.engine.Engine", lambda *args, **kwargs: engine)
+    written = []
+    real = ResultsStore.write_tables
+    monkeypatch.setattr(ResultsStore, "write_tables", lambda self: written.append(self.dir) or real(self))
+    result = CliRunner().invoke(main, ["run", str(_case_file(tmp_path, control_png)), "--out", str(tmp_path / "run"),
+                                       "--no-report", "--no-progress", "--no-metrics"])
+    assert result.exit_code == 0, result.output
+    assert written == [tmp_path / "run"]

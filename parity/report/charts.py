@@ -18,6 +18,7 @@ from .assets import ASSETS
 STAGES = (("time_text_encode_s", "text encode"), ("time_control_encode_s", "control encode"),
           ("time_denoise_s", "denoise"), ("time_decode_s", "decode"), ("time_output_encode_s", "output encode"))
 ROW_INCHES = 0.26
+MAX_BARS = 40  # rows per chart: more would be unreadable, and beyond ~2,500 over matplotlib's 2^16 px limit
 
 
 def _label(text: str, width: int = 64) -> str:
@@ -39,8 +40,12 @@ def attribution_chart(run_dir: Path, effects: list[dict]) -> str | None:
     """Mean delta LPIPS and delta SSIM vs the baseline per knob=value (right of 0 in LPIPS = worse)."""
     if not effects:
         return None
+    total, effects = len(effects), effects[:MAX_BARS]  # ordered by knob ranking: the most influential first
     labels = [_label(f"{e['knob']}={e['value']}", 48) for e in effects][::-1]
     fig = Figure(figsize=(11, 1.4 + ROW_INCHES * len(effects)), layout="constrained")
+    if total > len(effects):
+        fig.suptitle(f"the {len(effects)} knob=value effects of the most influential knobs (of {total})",
+                     fontsize=10)
     panels = fig.subplots(1, 2, sharey=True)
     for ax, metric, title, color in ((panels[0], "delta_lpips", "Δ LPIPS vs baseline (higher = worse)", "#c0392b"),
                                      (panels[1], "delta_ssim", "Δ SSIM vs baseline (lower = worse)", "#2c7fb8")):
@@ -54,12 +59,18 @@ def attribution_chart(run_dir: Path, effects: list[dict]) -> str | None:
 
 
 def latency_chart(run_dir: Path, rows: list[dict]) -> str | None:
-    """Seconds per stage per case, stacked; "other" is the rest of time_total_s."""
-    rows = [r for r in rows if metric_value(r, "time_total_s") is not None][::-1]
+    """Seconds per stage per case, stacked; "other" is the rest of time_total_s. At most the
+    MAX_BARS slowest cases, in table order."""
+    rows = [r for r in rows if metric_value(r, "time_total_s") is not None]
     if not rows:
         return None
+    total = len(rows)
+    slowest = {id(r) for r in sorted(rows, key=lambda r: metric_value(r, "time_total_s"), reverse=True)[:MAX_BARS]}
+    rows = [r for r in rows if id(r) in slowest][::-1]
     fig = Figure(figsize=(11, 1.4 + ROW_INCHES * len(rows)), layout="constrained")
     ax = fig.subplots()
+    if total > len(rows):
+        ax.set_title(f"the {len(rows)} slowest of {total} cases", fontsize=10)
     left = [0.0] * len(rows)
     colors = ("#8da0cb", "#66c2a5", "#fc8d62", "#e78ac3", "#a6d854", "#bbbbbb")
     for (column, label), color in zip((*STAGES, ("", "other")), colors):
