@@ -224,10 +224,10 @@ class Runner:
         return row
 
     def _compare(self, case: Case, key: str, result, preview: Image.Image) -> dict:
-        from .metrics import compare_with_preview, diff_images
+        from .metrics import compare_with_pictures
 
-        metrics = compare_with_preview(result.image, result.raw_image, preview, lpips_net=self.lpips_net)
-        heatmap, ssim_map = diff_images(result.image, preview)
+        metrics, (heatmap, ssim_map) = compare_with_pictures(result.image, preview, raw=result.raw_image,
+                                                             lpips_net=self.lpips_net)
         stem = f"{safe_name(case.name)}-{key[:8]}"
         out = dict(metrics)
         out["heatmap_file"] = f"diffs/{stem}.absdiff.png"

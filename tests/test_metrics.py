@@ -17,7 +17,7 @@ from parity.metrics import (
     abs_stats,
     chroma_subsampling,
     compare,
-    diff_images,
+    compare_with_pictures,
     estimate_quality,
     psnr,
     reencode_jpeg,
@@ -168,7 +168,7 @@ def test_reencode_reproduces_an_ai_toolkit_preview(textured, tmp_path):
 
 KEYS = {"ssim", "lpips", "psnr", "mean_abs", "max_abs", "size_mismatch", "output_size", "preview_size"}
 KEYS |= {"resized_for_compare", "lpips_net"}
-FLOOR_KEYS = {"jpeg_quality", "jpeg_subsampling"} | {f"floor_{k}" for k in ("ssim", "lpips", "psnr", "mean_abs", "max_abs")}
+FLOOR_KEYS = {"preview_jpeg_quality", "preview_jpeg_subsampling"} | {f"floor_{k}" for k in ("ssim", "lpips", "psnr", "mean_abs", "max_abs")}
 
 
 def test_compare_identical(textured):
@@ -194,19 +194,23 @@ def test_compare_size_mismatch_resizes_output(textured):
 def test_compare_floor_of_a_compressed_preview(textured):
     """Against its own JPEG the output is only off by the compression, which the floor removes."""
     preview = _jpeg(textured)
-    r = compare(textured.convert("RGBA"), preview, jpeg_quality=estimate_quality(preview))
+    r = compare(textured.convert("RGBA"), preview)  # the preview's own quality, read from its tables
     assert set(r) == KEYS | FLOOR_KEYS
-    assert (r["jpeg_quality"], r["jpeg_subsampling"]) == (75, 2)
+    assert (r["preview_jpeg_quality"], r["preview_jpeg_subsampling"]) == (75, 2)
     assert r["mean_abs"] > 1 and r["ssim"] < 0.99 and r["lpips"] > 0.001
     assert r["floor_ssim"] == pytest.approx(1.0, abs=1e-12) and r["floor_lpips"] == pytest.approx(0.0, abs=1e-6)
     assert r["floor_psnr"] == math.inf and r["floor_max_abs"] == 0
     json.dumps(json_safe(r), allow_nan=False)
+    served = reencode_jpeg(textured, 95)  # served at another quality: the floor uses the raw pixels
+    r = compare(served, preview, raw=textured)
+    assert r["ssim"] < 0.99 and r["floor_max_abs"] == 0
 
 
-def test_diff_images(textured):
+def test_pictures_share_the_comparison(textured):
     changed = np.asarray(textured).copy()
     changed[10:20, 30:40] = 255 - changed[10:20, 30:40]
-    heat, smap = diff_images(Image.fromarray(changed), textured)
+    record, (heat, smap) = compare_with_pictures(Image.fromarray(changed), textured)
+    assert record == compare(Image.fromarray(changed), textured)
     assert heat.size == smap.size == textured.size and heat.mode == smap.mode == "RGB"
     heat, smap = np.asarray(heat), np.asarray(smap)
     black = heat[0, 0]
@@ -214,5 +218,5 @@ def test_diff_images(textured):
     assert (heat[25:, :] == black).all() and (smap[35:, :] == black).all()
     assert smap[12:18, 32:38].sum(axis=2).min() > smap[35:, :].sum(axis=2).max()
 
-    heat, smap = diff_images(textured.resize((32, 24)), textured)  # mismatched sizes are aligned
+    _, (heat, smap) = compare_with_pictures(textured.resize((32, 24)), textured)  # mismatched sizes are aligned
     assert heat.size == smap.size == (64, 48)

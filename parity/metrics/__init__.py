@@ -1,11 +1,11 @@
 """Metrics comparing an inference output with an AI Toolkit preview.
 
-``compare`` is the entry point (one flat record per pair) and ``diff_images`` draws the
-pictures; the other names are the building blocks, usable on uint8 HxWx3 RGB arrays.
+``compare`` is the entry point (one flat record per pair) and ``compare_with_pictures`` also
+draws the pictures; the other names are the building blocks, usable on uint8 HxWx3 RGB arrays.
 """
 from .align import align_to_preview
-from .compare import compare, compare_with_preview
-from .diffmaps import abs_diff_heatmap, diff_images, ssim_heatmap
+from .compare import compare, compare_with_pictures
+from .diffmaps import abs_diff_heatmap, ssim_heatmap
 from .jpeg import chroma_subsampling, estimate_quality, reencode_jpeg
 from .lpips import get_model as get_lpips_model
 from .lpips import lpips_distance
@@ -18,8 +18,7 @@ __all__ = [
     "align_to_preview",
     "chroma_subsampling",
     "compare",
-    "compare_with_preview",
-    "diff_images",
+    "compare_with_pictures",
     "estimate_quality",
     "get_lpips_model",
     "lpips_distance",

@@ -9,9 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .align import align_to_preview
 from .pixel import abs_diff
-from .ssim import ssim_map
 
 # Piecewise linear through matplotlib's "inferno" at 0, 1/4, 1/2, 3/4 and 1: dark to bright
 # yellow, monotonic in lightness, readable in greyscale print.
@@ -36,12 +34,3 @@ def abs_diff_heatmap(a, b) -> Image.Image:
 def ssim_heatmap(smap: np.ndarray) -> Image.Image:
     """1 - SSIM per pixel: black where the structure agrees, brightest at SSIM <= 0."""
     return colorize(1.0 - smap)
-
-
-def diff_images(
-    output: Image.Image, preview: Image.Image, *, device: str = "cpu"
-) -> tuple[Image.Image, Image.Image]:
-    """(absolute-difference heatmap, SSIM map) of an output against its preview, at the
-    preview's size (the output is resized as in ``compare`` if the sizes differ)."""
-    out, prev, _ = align_to_preview(output, preview)
-    return abs_diff_heatmap(out, prev), ssim_heatmap(ssim_map(out, prev, device=device))
