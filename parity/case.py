@@ -19,37 +19,43 @@ DTYPES = ("bf16", "fp16", "fp32")
 QUANTIZE = ("none", "qfloat8")
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    """One LoRA file applied with a scale and a mode (see ``parity.knobs.lora_modes``)."""
-
-    path: str
-    scale: float = 1.0
-    mode: str = "dynamic"
-
-    @classmethod
-    def from_value(cls, value: Any, where: str) -> "LoraSpec":
-        if isinstance(value, str):
-            return cls(path=value)
-        if isinstance(value, (list, tuple)) and 1 <= len(value) <= 3:
-            return cls(*value)
-        if isinstance(value, dict):
-            unknown = set(value) - {"path", "scale", "mode"}
-            if unknown:
-                key = sorted(unknown)[0]
-                raise ParityError(f'{where}: unknown LoRA key "{key}"{did_you_mean(key, ["path", "scale", "mode"])}')
-            if "path" not in value:
-                raise ParityError(f"{where}: a LoRA needs a path")
-            return cls(**value)
-        raise ParityError(f"{where}: a LoRA is a path, [path, scale, mode] or {{path, scale, mode}}, not {value!r}")
-
-
 def _knob(family: str, default: str, doc: str):
     return field(default=default, metadata={"family": family, "doc": doc})
 
 
-def _num(default, doc: str, lo=None, hi=None):
-    return field(default=default, metadata={"doc": doc, "range": (lo, hi)})
+def _num(default, doc: str, lo, hi, *, integer: bool = False, nullable: bool = False):
+    """A number field: its range, whether it must be whole and whether null is allowed live in the metadata."""
+    return field(default=default, metadata={"doc": doc, "range": (lo, hi), "integer": integer, "nullable": nullable})
+
+
+def _path(doc: str):
+    return field(default=None, metadata={"doc": doc, "nullable": True})
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA file applied with a scale and a mode (see ``parity.knobs.lora_modes``)."""
+
+    path: str = field(metadata={"doc": "the LoRA file (.safetensors)"})
+    scale: float = _num(1.0, "multiplier of the LoRA delta", -100, 100)
+    mode: str = _knob("lora_mode", "dynamic", "how the delta is added to the base weights")
+
+    @classmethod
+    def from_value(cls, value: Any, where: str) -> "LoraSpec":
+        """A path, [path, scale, mode] or {path, scale, mode}; ``where`` names the case and the LoRA."""
+        if isinstance(value, str):
+            value = {"path": value}
+        elif isinstance(value, (list, tuple)) and 1 <= len(value) <= 3:
+            value = dict(zip(("path", "scale", "mode"), value))
+        elif not isinstance(value, dict):
+            raise ParityError(f"{where}: a LoRA is a path, [path, scale, mode] or {{path, scale, mode}}, not {value!r}")
+        known = {f.name: f for f in fields(cls)}
+        for key in value:
+            if key not in known:
+                raise ParityError(f'{where}: unknown LoRA key "{key}"{did_you_mean(key, known)}')
+        if "path" not in value:
+            raise ParityError(f"{where}: a LoRA needs a path")
+        return cls(**{key: _coerce(known[key], v, where) for key, v in value.items()})
 
 
 @dataclass(frozen=True)
@@ -58,22 +64,23 @@ class Case:
 
     name: str = field(default="case", metadata={"doc": "unique name within a plan"})
     prompt: str = field(default="", metadata={"doc": "the edit instruction, after trigger words and flags"})
-    control_image: str | None = field(default=None, metadata={"doc": "path of the control (input) image"})
-    preview: str | None = field(default=None, metadata={"doc": "path of the image this output should reproduce"})
+    control_image: str | None = _path("path of the control (input) image")
+    preview: str | None = _path("path of the image this output should reproduce")
     # sampling
-    steps: int = _num(28, "denoising steps", 1, 1000)
+    steps: int = _num(28, "denoising steps", 1, 1000, integer=True)
     guidance: float = _num(3.5, "guidance value (embedding for distilled guidance)", 0.0, 100.0)
     guidance_mode: str = _knob("guidance_mode", "embedded", "embedded | true_cfg")
     negative_prompt: str = field(default="", metadata={"doc": "used only by true_cfg"})
     true_cfg_scale: float = _num(1.0, "true CFG scale (true_cfg runs only when > 1)", 0.0, 100.0)
-    seed: int = _num(0, "noise seed", 0, 2**63 - 1)
+    seed: int = _num(0, "noise seed", 0, 2**63 - 1, integer=True)
     generator: str = _knob("generator", "cpu", "cpu | global | cuda")
     # sizes
-    width: int = _num(1024, "requested output width", 16, 16384)
-    height: int = _num(1024, "requested output height", 16, 16384)
+    width: int = _num(1024, "requested output width", 16, 16384, integer=True)
+    height: int = _num(1024, "requested output height", 16, 16384, integer=True)
     size_source: str = _knob("size_source", "request", "where the requested size comes from")
     snap: str = _knob("snap", "none", "snapping rule for the requested size")
-    max_area: int | None = _num(1024 * 1024, "pipeline max_area (null: width*height after snapping)", 256, 16384 * 16384)
+    max_area: int | None = _num(1024 * 1024, "pipeline max_area (null: width*height after snapping)", 256,
+                                16384 * 16384, integer=True, nullable=True)
     # control image preparation
     control_exif_transpose: bool = field(default=False, metadata={"doc": "apply EXIF orientation"})
     control_alpha: str = _knob("alpha", "drop", "drop | white")
@@ -98,38 +105,16 @@ class Case:
     channels_last: bool = field(default=False, metadata={"doc": "VAE convolutions in channels_last memory format"})
     # output
     output_format: str = _knob("output_format", "png", "png | jpeg | webp")
-    output_quality: int | None = _num(None, "JPEG/WebP quality", 1, 100)
+    output_quality: int | None = _num(None, "JPEG/WebP quality", 1, 100, integer=True, nullable=True)
     # bookkeeping (not knobs): where the case came from, whether the gate counts it
     gated: bool = field(default=True, metadata={"doc": "count this case in `parity check`"})
     tags: tuple[tuple[str, str], ...] = field(default=(), metadata={"doc": "free labels (profile, checkpoint, ...)"})
 
     def __post_init__(self):
         where = f'case "{self.name}"'
-        for f in fields(self):
-            value = getattr(self, f.name)
-            family = f.metadata.get("family")
-            if family and value not in choices(family):
-                raise ParityError(
-                    f'{where}: {f.name} "{value}" is not known{did_you_mean(value, choices(family))};'
-                    f" choose one of: {', '.join(choices(family))}"
-                )
-            allowed = f.metadata.get("choices")
-            if allowed and value not in allowed:
-                raise ParityError(f'{where}: {f.name} "{value}" is not one of {", ".join(allowed)}{did_you_mean(value, allowed)}')
-            lo, hi = f.metadata.get("range", (None, None))
-            if value is not None and (lo is not None or hi is not None):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ParityError(f"{where}: {f.name} must be a number, not {value!r}")
-                if (lo is not None and value < lo) or (hi is not None and value > hi):
-                    raise ParityError(f"{where}: {f.name}={value} is outside [{lo}, {hi}]")
-        for lora in self.loras:
-            if lora.mode not in choices("lora_mode"):
-                raise ParityError(
-                    f'{where}: LoRA mode "{lora.mode}" is not known{did_you_mean(lora.mode, choices("lora_mode"))};'
-                    f" choose one of: {', '.join(choices('lora_mode'))}"
-                )
-            if not -100 <= float(lora.scale) <= 100:
-                raise ParityError(f"{where}: LoRA scale {lora.scale} is outside [-100, 100]")
+        _validate(self, where)
+        for i, lora in enumerate(self.loras):
+            _validate(lora, f"{where}, loras[{i}]")
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -179,8 +164,31 @@ class Case:
         return dict(self.tags).get(name, default)
 
 
+def _validate(obj, where: str) -> None:
+    """Knob names, choices and number ranges, as each field's metadata declares them."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        family = f.metadata.get("family")
+        if family and value not in choices(family):
+            raise ParityError(
+                f'{where}: {f.name} "{value}" is not known{did_you_mean(value, choices(family))};'
+                f" choose one of: {', '.join(choices(family))}"
+            )
+        allowed = f.metadata.get("choices")
+        if allowed and value not in allowed:
+            raise ParityError(f'{where}: {f.name} "{value}" is not one of {", ".join(allowed)}'
+                              f"{did_you_mean(value, allowed)}")
+        if "range" in f.metadata and value is not None:
+            lo, hi = f.metadata["range"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParityError(f"{where}: {f.name} must be a number, not {value!r}")
+            if not lo <= value <= hi:
+                raise ParityError(f"{where}: {f.name}={value} is outside [{lo}, {hi}]")
+
+
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    name = f.name
+    """A YAML/JSON value as the field's type, read from its default and metadata."""
+    name, meta = f.name, f.metadata
     if name == "loras":
         if value is None:
             return ()
@@ -191,28 +199,23 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ParityError(f"{where}: tags must be a mapping")
         return tuple(sorted((str(k), str(v)) for k, v in value.items()))
-    default = f.default
-    if isinstance(default, bool):
+    if value is None:
+        if meta.get("nullable"):
+            return None
+        raise ParityError(f"{where}: {name} cannot be null")
+    if isinstance(f.default, bool):
         if not isinstance(value, bool):
             raise ParityError(f"{where}: {name} must be true or false, not {value!r}")
         return value
-    if value is None:
-        if default is None or name in ("control_image", "preview", "max_area", "output_quality"):
-            return None
-        raise ParityError(f"{where}: {name} cannot be null")
-    if isinstance(default, int) or name in ("max_area", "output_quality", "width", "height", "steps", "seed"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ParityError(f"{where}: {name} must be an integer, not {value!r}")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if "range" in meta:
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if meta["integer"]:
+            if not number or int(value) != value:
+                raise ParityError(f"{where}: {name} must be an integer, not {value!r}")
+            return int(value)
+        if not number:
             raise ParityError(f"{where}: {name} must be a number, not {value!r}")
         return float(value)
     if not isinstance(value, str):
         raise ParityError(f"{where}: {name} must be a string, not {value!r}")
     return value
-
-
-def knob_names() -> list[str]:
-    """The fields that are knobs (everything but identity and bookkeeping)."""
-    return [f.name for f in fields(Case) if f.name not in ("name", "prompt", "control_image", "preview", "gated", "tags")]

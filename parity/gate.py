@@ -19,9 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .errors import ParityError, did_you_mean, yaml_problem
+from .errors import ParityError, did_you_mean
+from .yamlfile import read_yaml_mapping
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent / "thresholds" / "default.yaml"
 METRICS = ("ssim", "lpips", "psnr", "mean_abs", "max_abs", "size_mismatch",
@@ -67,19 +66,7 @@ class Thresholds:
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
     """Read and validate a thresholds file (the shipped defaults when path is None)."""
     path = Path(path) if path else DEFAULT_THRESHOLDS
-    if not path.is_file():
-        raise ParityError("thresholds file not found", source=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ParityError(yaml_problem(err), source=path) from None
-    except UnicodeDecodeError:
-        raise ParityError("not a UTF-8 text file", source=path) from None
-    if not isinstance(data, dict):
-        raise ParityError("a thresholds file is a mapping with defaults:, profiles: and/or cases:", source=path)
-    for key in data:
-        if key not in LEVELS:
-            raise ParityError(f'unknown top-level key "{key}"{did_you_mean(key, LEVELS)}', source=path)
+    data = read_yaml_mapping(path, what="thresholds file", allowed=LEVELS)
     try:
         return Thresholds(defaults=_bounds(data.get("defaults"), "defaults"),
                           profiles=_named(data.get("profiles"), "profiles"),

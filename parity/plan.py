@@ -2,13 +2,16 @@
 
 A case file has
   base:      model id or folder (optional; the CLI's --base wins)
-  previews:  {runs: [AI Toolkit run folders], steps: last|first|[N, ...], ctrl_root, config, unpaired}
-  defaults:  fields (and optionally a profile) applied to every case
+  previews:  {runs: an AI Toolkit run folder or a list of them, train_steps: last|first|[N, ...],
+             ctrl_root, config, unpaired}
+  defaults:  fields (and optionally a profile) applied to every case and every variant
   cases:     explicit cases, each with optional `profile`, `matrix` (cartesian sweep) and
              `ablate` (one knob changed at a time from the case itself)
   variants:  with previews: how to re-run every preview (a profile, `set` overrides, matrix/ablate,
-             `steps` to apply a variant only to the previews of some training steps)
-Relative paths are relative to the case file. Every problem names the file and the case.
+             `train_steps` to apply a variant only to the previews of some training steps)
+`steps` is always the number of denoising steps. Relative paths (also inside matrix, ablate and
+set, and a profile given as a .yaml file) are relative to the case file. Every problem names the
+file and the case.
 """
 from __future__ import annotations
 
@@ -16,14 +19,13 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .case import Case, LoraSpec
-from .errors import ParityError, did_you_mean, yaml_problem
+from .errors import ParityError, did_you_mean
 from .profiles import load_profile
+from .yamlfile import read_yaml_mapping
 
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
-CONTROL_KEYS = ("profile", "matrix", "ablate", "set")
+PREVIEW_KEYS = ("runs", "train_steps", "ctrl_root", "config", "unpaired")
 PATH_FIELDS = ("control_image", "preview")
 
 
@@ -37,22 +39,9 @@ class Plan:
 
 def load_plan(path: str | Path, *, previews: list[str] | None = None, config: str | None = None,
               ctrl_root: str | None = None, unpaired: str | None = None) -> Plan:
+    """Expand a case file; ``previews`` and the other keywords (the CLI's options) replace its previews: values."""
     path = Path(path)
-    if path.is_dir():
-        raise ParityError("is a folder; give the case file (YAML) itself", source=path)
-    if not path.is_file():
-        raise ParityError("case file not found", source=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ParityError(yaml_problem(err), source=path) from None
-    except UnicodeDecodeError:
-        raise ParityError("not a UTF-8 text file", source=path) from None
-    if not isinstance(data, dict):
-        raise ParityError("a case file is a mapping with `cases:` and/or `previews:` + `variants:`", source=path)
-    for key in data:
-        if key not in TOP_KEYS:
-            raise ParityError(f'unknown top-level key "{key}"{did_you_mean(key, TOP_KEYS)}', source=path)
+    data = read_yaml_mapping(path, what="case file", allowed=TOP_KEYS)
     try:
         return _expand(data, path.parent, str(path), previews, config, ctrl_root, unpaired)
     except ParityError as err:
@@ -62,38 +51,35 @@ def load_plan(path: str | Path, *, previews: list[str] | None = None, config: st
 
 
 def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, unpaired) -> Plan:
-    defaults = dict(data.get("defaults") or {})
+    defaults = _mapping(data, "defaults")
     plan = Plan(source=source, cases=[], base=data.get("base"))
-    for i, spec in enumerate(data.get("cases") or []):
-        if not isinstance(spec, dict):
-            raise ParityError(f"cases[{i}] must be a mapping")
+    for i, spec in enumerate(_mappings(data, "cases")):
         merged = {**defaults, **spec}
         merged.setdefault("name", f"case{i}")
         for variant in _variants(merged):
             plan.cases.append(_build({}, variant, root))
-    preview_spec = data.get("previews")
-    runs = previews if previews else (preview_spec or {}).get("runs", []) if isinstance(preview_spec, dict) else []
+    spec = _mapping(data, "previews")
+    for key in spec:
+        if key not in PREVIEW_KEYS:
+            raise ParityError(f'previews: unknown key "{key}"{did_you_mean(key, PREVIEW_KEYS)}')
+    runs = [(run, Path.cwd()) for run in previews] if previews else [(run, root) for run in _runs(spec.get("runs"))]
     if runs:
         from .aitk import load_run, preview_cases, preview_notes
 
-        spec = preview_spec or {}
-        runs_root = root if not previews else Path.cwd()
-        variants = data.get("variants") or [{"name": "baseline"}]
-        steps = _step_selector(spec.get("steps"), "previews.steps")
-        for j, variant_spec in enumerate(variants):
-            if not isinstance(variant_spec, dict):
-                raise ParityError(f"variants[{j}] must be a mapping")
-        for run_dir in runs:
-            run = load_run(_resolve(run_dir, runs_root), config=config or spec.get("config"),
-                           ctrl_root=ctrl_root or spec.get("ctrl_root"),
+        variants = _mappings(data, "variants") or [{"name": "baseline"}]
+        steps = _step_selector(spec.get("train_steps"), "previews.train_steps")
+        config = config or _optional_path(spec.get("config"), root, "previews.config")
+        ctrl_root = ctrl_root or _optional_path(spec.get("ctrl_root"), root, "previews.ctrl_root")
+        for run_dir, runs_root in runs:
+            run = load_run(_resolve(run_dir, runs_root), config=config, ctrl_root=ctrl_root,
                            unpaired=unpaired or spec.get("unpaired", "error"))
             found = sorted({p.step for p in run.previews})
             picked = [p for p in run.previews if p.step in _selected(steps, found)]
             chosen = [c for c in preview_cases(run) if int(c.tag("step")) in _selected(steps, found)]
             plan.notes += [f"{run.name}: {note}" for note in run.notes] + preview_notes(picked)
             if not picked:
-                raise ParityError(f"previews.steps {steps} selects no preview of {run.name} (its previews are at "
-                                  f"steps {', '.join(map(str, found))})")
+                raise ParityError(f"previews.train_steps {steps} selects no preview of {run.name} (its previews "
+                                  f"are at steps {', '.join(map(str, found))})")
             if not chosen:
                 raise ParityError(f"no selected preview of {run.name} can be reproduced: {preview_notes(picked)[0]}")
             reproducible = sorted({int(c.tag("step")) for c in chosen})
@@ -102,12 +88,12 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
                 for j, variant_spec in enumerate(variants):
                     merged = {**defaults, **variant_spec}
                     merged.setdefault("name", f"variant{j}")
-                    only = _step_selector(merged.pop("steps", None), f'variant "{merged["name"]}" steps')
+                    only = _step_selector(merged.pop("train_steps", None), f'variant "{merged["name"]}" train_steps')
                     if int(preview_case.tag("step")) not in _selected(only, reproducible):
                         continue
                     for variant in _variants(merged):
                         plan.cases.append(_build(base_fields, variant, root, prefix=preview_case.name))
-    elif preview_spec is not None and not plan.cases:
+    elif "previews" in data and not plan.cases:
         raise ParityError("previews: needs `runs:` (or pass --previews)")
     if not plan.cases:
         raise ParityError("the case file expands to no case")
@@ -118,8 +104,45 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
     return plan
 
 
+def _mapping(data: dict, key: str) -> dict:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ParityError(f"{key}: must be a mapping, not a {type(value).__name__}")
+    return dict(value)
+
+
+def _mappings(data: dict, key: str) -> list[dict]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ParityError(f"{key}: must be a list of mappings, not a {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ParityError(f"{key}[{i}] must be a mapping")
+    return value
+
+
+def _runs(value) -> list[str]:
+    """previews.runs: one run folder or a list of them."""
+    runs = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
+        raise ParityError(f"previews.runs must be a run folder or a list of them, not {value!r}")
+    return runs
+
+
+def _optional_path(value, root: Path, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParityError(f"{where} must be a path, not {value!r}")
+    return _resolve(value, root)
+
+
 def _step_selector(value, where: str):
-    """None (every step), "last" / "first" (a run's final / earliest previews) or a list of steps."""
+    """None (every step), "last" / "first" (a run's final / earliest previews) or a list of training steps."""
     if value is None or value in ("last", "first"):
         return value
     if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -138,39 +161,49 @@ def _selected(selector, steps: list[int]) -> set[int]:
 
 
 def _variants(spec: dict) -> list[dict]:
-    """Expand `matrix` (every combination) and `ablate` (one change at a time) into plain specs."""
+    """Expand `matrix` (every combination) or `ablate` (one change at a time) into plain specs."""
     spec = dict(spec)
     matrix = spec.pop("matrix", None) or {}
     ablate = spec.pop("ablate", None) or {}
+    where = f'case "{spec.get("name")}"'
+    tags = _tags(spec.get("tags"), where)
     for what, block in (("matrix", matrix), ("ablate", ablate)):
         if not isinstance(block, dict) or any(not isinstance(v, list) or not v for v in block.values()):
-            raise ParityError(f'case "{spec.get("name")}": {what} maps knob names to non-empty lists of values')
+            raise ParityError(f"{where}: {what} maps knob names to non-empty lists of values")
+    if matrix and ablate:
+        raise ParityError(f"{where}: use either matrix or ablate, not both (ablate changes one knob at a time "
+                          "from the case itself; a matrix has no single case to start from)")
+    if ablate:
+        baseline = dict(spec)
+        baseline["tags"] = {**tags, "ablation": "baseline"}
+        out = [baseline]
+        for knob, values in ablate.items():
+            for value in values:
+                one = dict(spec)
+                _apply_set(one, {knob: value})
+                one["name"] = f"{spec['name']}[{knob}={value}]"
+                one["tags"] = {**tags, "ablation": knob, "ablation_value": str(value)}
+                one.setdefault("gated", False)
+                out.append(one)
+        return out
+    if not matrix:
+        return [spec]
     out = []
     keys = list(matrix)
-    for combo in itertools.product(*(matrix[k] for k in keys)) if keys else [()]:
+    for combo in itertools.product(*(matrix[k] for k in keys)):
         one = dict(spec)
         changes = dict(zip(keys, combo))
         _apply_set(one, changes)
-        if changes:
-            one["name"] = f"{spec['name']}[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]"
-            one.setdefault("tags", {})
-            one["tags"] = {**one["tags"], **{f"axis_{k}": str(v) for k, v in changes.items()}}
+        one["name"] = f"{spec['name']}[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]"
+        one["tags"] = {**tags, **{f"axis_{k}": str(v) for k, v in changes.items()}}
         out.append(one)
-    if ablate:
-        base = out[0] if len(out) == 1 else None
-        if base is None:
-            raise ParityError(f'case "{spec.get("name")}": use either matrix or ablate, not both')
-        base.setdefault("tags", {})
-        base["tags"] = {**base["tags"], "ablation": "baseline"}
-        for knob, values in ablate.items():
-            for value in values:
-                one = {k: v for k, v in spec.items()}
-                _apply_set(one, {knob: value})
-                one["name"] = f"{spec['name']}[{knob}={value}]"
-                one["tags"] = {**(spec.get("tags") or {}), "ablation": knob, "ablation_value": str(value)}
-                one.setdefault("gated", False)
-                out.append(one)
     return out
+
+
+def _tags(value, where: str) -> dict:
+    if not isinstance(value or {}, dict):
+        raise ParityError(f"{where}: tags must be a mapping, not {value!r}")
+    return value or {}
 
 
 def _apply_set(spec: dict, changes: dict) -> None:
@@ -182,33 +215,43 @@ def _build(base_fields: dict, spec: dict, root: Path, prefix: str | None = None)
     """base (a preview's case) <- profile <- the spec's own fields <- `set` overrides."""
     spec = dict(spec)
     name = spec.pop("name")
-    overrides = dict(spec.pop("set", None) or {})
-    profile_name = overrides.pop("profile", spec.pop("profile", None))  # a sweep may vary the profile
-    tags = {**(base_fields.get("tags") or {}), **(spec.pop("tags", None) or {})}
+    full_name = f"{prefix}/{name}" if prefix else name
+    where = f'case "{full_name}"'
+    overrides = spec.pop("set", None) or {}
+    if not isinstance(overrides, dict):
+        raise ParityError(f"{where}: set maps case fields to values, not {overrides!r}")
+    own = {**spec, **overrides}  # the case file's values: its relative paths are relative to it
+    profile_name = own.pop("profile", None)  # a sweep may vary the profile
+    tags = {**(base_fields.get("tags") or {}), **_tags(own.pop("tags", None), where)}
+    if own.get("steps") in ("last", "first") or isinstance(own.get("steps"), list):
+        raise ParityError(f"{where}: steps is the number of denoising steps; training steps are selected "
+                          f"with train_steps: {own['steps']!r}")
     for key in PATH_FIELDS:
-        if spec.get(key):
-            spec[key] = _resolve(spec[key], root)
-    if spec.get("loras"):
-        spec["loras"] = [_resolve_lora(v, root, i) for i, v in enumerate(spec["loras"])]
+        if isinstance(own.get(key), str):
+            own[key] = _resolve(own[key], root)
+    if own.get("loras"):
+        loras = own["loras"] if isinstance(own["loras"], list) else [own["loras"]]
+        own["loras"] = [_resolve_lora(v, root, f"{where}, loras[{i}]") for i, v in enumerate(loras)]
     fields_ = dict(base_fields)
     if profile_name:
-        profile = load_profile(profile_name)
+        profile = load_profile(profile_name, root)
         fields_ = profile.apply(fields_)
         tags["profile"] = profile.name
-    fields_.update(spec)
-    fields_.update(overrides)
+    fields_.update(own)
     fields_["tags"] = tags
-    fields_["name"] = f"{prefix}/{name}" if prefix else name
+    fields_["name"] = full_name
     lora_mode = fields_.pop("lora_mode", None)
     lora_scale = fields_.pop("lora_scale", None)
-    loras = [LoraSpec.from_value(v, f'case "{fields_["name"]}"') for v in (fields_.get("loras") or [])]
-    fields_["loras"] = [{"path": l.path, "scale": l.scale if lora_scale is None else float(lora_scale),
-                         "mode": lora_mode or l.mode} for l in loras]
+    if lora_scale is not None and (isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float))):
+        raise ParityError(f"{where}: lora_scale must be a number, not {lora_scale!r}")
+    loras = [LoraSpec.from_value(v, f"{where}, loras[{i}]") for i, v in enumerate(fields_.get("loras") or [])]
+    fields_["loras"] = [{"path": lo.path, "scale": lo.scale if lora_scale is None else lora_scale,
+                         "mode": lora_mode or lo.mode} for lo in loras]
     return Case.from_dict(fields_)
 
 
-def _resolve_lora(value, root: Path, index: int):
-    lora = LoraSpec.from_value(value, f"loras[{index}]")
+def _resolve_lora(value, root: Path, where: str) -> dict:
+    lora = LoraSpec.from_value(value, where)
     return {"path": _resolve(lora.path, root), "scale": lora.scale, "mode": lora.mode}
 
 

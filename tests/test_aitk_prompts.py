@@ -211,9 +211,37 @@ def test_env_vars_are_substituted(tmp_path, monkeypatch):
     monkeypatch.setenv("PARITY_TEST_PROMPT", "from env")
     job = _config(tmp_path, "prompts: ['${PARITY_TEST_PROMPT}']\n")
     assert job.sample.prompts == ["from env"]
+    assert any("environment variables PARITY_TEST_PROMPT:" in n and "from env" not in n for n in job.notes)
     monkeypatch.delenv("PARITY_TEST_PROMPT")
     with pytest.raises(ParityError, match="PARITY_TEST_PROMPT"):
         load_job_config(tmp_path / "config.yaml")
+
+
+def test_env_vars_give_aitks_values_but_cannot_change_the_structure(tmp_path, monkeypatch):
+    """AI Toolkit substitutes the raw text: an unquoted ${SEED} is a number; here a value stays one value."""
+    monkeypatch.setenv("PARITY_SEED", "42")
+    monkeypatch.setenv("PARITY_STEPS", "1.5e1")
+    monkeypatch.setenv("PARITY_WORDS", "a: b\n  sample_steps: 3 # c")
+    job = _config(tmp_path, "seed: ${PARITY_SEED}\nguidance_scale: ${PARITY_STEPS}\n"
+                            "samples: [{prompt: x ${PARITY_WORDS}, seed: ${PARITY_SEED}}, {prompt: \"${PARITY_SEED}\"},"
+                            " {prompt: 'x ${PARITY_WORDS}'}]\n# ${PARITY_IN_A_COMMENT}\n")
+    assert (job.sample.seed, job.sample.guidance_scale, job.sample.sample_steps) == (42, 15.0, 20)
+    words = "x a: b\n  sample_steps: 3 # c"
+    assert [(i.prompt, i.seed) for i in job.sample.items] == [(words, 42), ("42", None), (words, None)]
+    assert any("environment variables PARITY_SEED, PARITY_STEPS, PARITY_WORDS:" in n for n in job.notes)
+    assert not any("1.5e1" in n or "42" in n for n in job.notes)  # names only, never values
+
+
+def test_env_vars_in_a_json_config(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("PARITY_TEST_PROMPT", "from env")
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"job": "extension", "config": {"name": "j", "process": [
+        {"type": "sd_trainer", "model": {"name_or_path": "b", "arch": "flux_kontext"},
+         "sample": {"prompts": ["a ${PARITY_TEST_PROMPT}"]}}]}}))
+    job = load_job_config(path)
+    assert job.sample.prompts == ["a from env"] and any("PARITY_TEST_PROMPT" in n for n in job.notes)
 
 
 def test_json_config(tmp_path):
@@ -228,7 +256,7 @@ def test_json_config(tmp_path):
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("config: [", "malformed config"),
+    ("config: [", "malformed YAML at line 1"),
     ("job: x\n", "`config` is missing"),
     ("config: {name: j}\n", "config.process is missing"),
     ("config: {name: j, process: [{type: t}]}\n", "no process"),

@@ -116,7 +116,7 @@ def test_missing_case_file(tmp_path):
 
 
 def test_folder_as_case_file(tmp_path):
-    fails(cli("run", tmp_path), f"{tmp_path}: is a folder; give the case file (YAML) itself")
+    fails(cli("run", tmp_path), f"{tmp_path}: is a folder; give the case file itself")
 
 
 def test_malformed_case_file(tmp_path):
@@ -129,7 +129,8 @@ def test_malformed_case_file(tmp_path):
 def test_case_file_that_is_a_list(tmp_path):
     path = tmp_path / "cases.yaml"
     path.write_text("- name: a\n- name: b\n")
-    fails(cli("run", path), "cases.yaml: a case file is a mapping")
+    fails(cli("run", path), "cases.yaml: a case file is a mapping with base, previews, defaults, cases, variants, "
+                            "description, not a list")
 
 
 def test_case_file_that_is_not_utf8(tmp_path):
@@ -146,7 +147,7 @@ def test_case_file_that_is_not_utf8(tmp_path):
     ({"cases": [{"name": "a", "profile": "aitk-preveiw"}]},
      'unknown profile "aitk-preveiw" (did you mean "aitk-preview"?)'),
     ({"cases": [{"name": "a", "loras": [{"path": "x.safetensors", "mode": "fussed"}]}]},
-     'LoRA mode "fussed" is not known (did you mean "fused"?)'),
+     'case "a", loras[0]: mode "fussed" is not known (did you mean "fused"?)'),
 ], ids=["top-level key", "case key", "knob value", "profile", "lora mode"])
 def test_unknown_names_get_a_did_you_mean(tmp_path, spec, says):
     path = tmp_path / "cases.yaml"
@@ -276,6 +277,15 @@ def test_image_over_the_pixel_limit_is_used_and_said(tmp_path, monkeypatch):
             "limit of 3071; decoded anyway") in stderr
 
 
+@pytest.mark.parametrize("auto_resize", [False, True])
+def test_control_image_under_16_px(tmp_path, auto_resize):
+    """diffusers floors each side to 16 px: nothing would be left (PIL and a division by zero used to crash)."""
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (40, 10)).save(thin)
+    fails(run(case_file(tmp_path, [{"name": "a", "control_auto_resize": auto_resize}], thin), tmp_path / "run"),
+          'case "a": control image 40x10 is smaller than 16 px after loading')
+
+
 # --- image modes: converted as AI Toolkit converts them (convert("RGB"), no EXIF transpose), and said ----------
 
 def _mode_images(folder: Path) -> dict[str, tuple[Path, str, str]]:
@@ -375,8 +385,8 @@ def aitk_run(tmp_path, demo_runs) -> Path:
 
 def previews_file(tmp_path: Path, run_dir: Path, steps=(0,)) -> Path:
     path = tmp_path / "previews.yaml"
-    path.write_text(yaml.safe_dump({"previews": {"runs": [str(run_dir)], "steps": list(steps)},
-                                    "variants": [{"name": "quick", "set": {"steps": 2}}]}))
+    path.write_text(yaml.safe_dump({"previews": {"runs": [str(run_dir)], "train_steps": list(steps)},
+                                    "variants": [{"name": "quick", "steps": 2}]}))
     return path
 
 
@@ -429,7 +439,7 @@ def test_prompt_without_ctrl_img(tmp_path, aitk_run):
 
 def test_malformed_aitk_config(tmp_path, aitk_run):
     config = edit_config(aitk_run, "    sample:\n", "    sample: [\n")
-    fails(cli("run", previews_file(tmp_path, aitk_run)), f"{config}: malformed config at line ")
+    fails(cli("run", previews_file(tmp_path, aitk_run)), f"{config}: malformed YAML at line ")
 
 
 def test_previews_without_checkpoint_are_an_error_naming_them(tmp_path, aitk_run):

@@ -136,13 +136,13 @@ def test_profile_sweep_and_ablation_case_files_expand():
 def test_preview_step_filter_names_the_steps_it_has(tmp_path, demo_runs):
     path = tmp_path / "c.yaml"
     runs = [str(demo_runs / "tiny_bf16")]
-    path.write_text(yaml.safe_dump({"previews": {"runs": runs, "steps": [5]}}))
-    with pytest.raises(ParityError, match=r"previews.steps \[5\] selects no preview of tiny_bf16 .*0, 10, 20"):
+    path.write_text(yaml.safe_dump({"previews": {"runs": runs, "train_steps": [5]}}))
+    with pytest.raises(ParityError, match=r"previews.train_steps \[5\] selects no preview of tiny_bf16 .*0, 10, 20"):
         load_plan(path)
-    path.write_text(yaml.safe_dump({"previews": {"runs": runs, "steps": "10"}}))
-    with pytest.raises(ParityError, match='previews.steps must be "last", "first" or a list'):
+    path.write_text(yaml.safe_dump({"previews": {"runs": runs, "train_steps": "10"}}))
+    with pytest.raises(ParityError, match='previews.train_steps must be "last", "first" or a list'):
         load_plan(path)
-    spec = {"previews": {"runs": runs}, "variants": [{"name": "all"}, {"name": "final", "steps": "last"}]}
+    spec = {"previews": {"runs": runs}, "variants": [{"name": "all"}, {"name": "final", "train_steps": "last"}]}
     path.write_text(yaml.safe_dump(spec))
     names = [c.name for c in load_plan(path).cases]
     assert len([n for n in names if n.endswith("/all")]) == 9

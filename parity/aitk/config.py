@@ -1,7 +1,8 @@
 """Reading an AI Toolkit job config the way AI Toolkit reads it.
 
 AI Toolkit (toolkit/config.py) loads YAML with an extra float rule, substitutes ``${ENV}``
-and ``[name]`` in the whole config, then each section becomes a config object whose
+(in the raw text; here in each parsed scalar, which gives the same values unless a value would
+have changed the YAML structure) and ``[name]`` in the whole config, then each section becomes a config object whose
 ``kwargs.get`` defaults fill whatever the file leaves out (toolkit/config_modules.py).
 The defaults below are those; a preview can only be reproduced from the values AI Toolkit
 actually used, so a missing key means its default, never a guess. Bad input raises a
@@ -12,13 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ParityError, yaml_problem
+from ..errors import ParityError
+from ..yamlfile import read_text, read_yaml_mapping
 
 # SampleItem keys AI Toolkit reads (config_modules.SampleItem); anything else it ignores.
 SAMPLE_ITEM_KEYS = ("prompt", "width", "height", "neg", "seed", "guidance_scale", "sample_steps", "fps",
@@ -28,10 +32,42 @@ SAMPLE_ITEM_KEYS = ("prompt", "width", "height", "neg", "seed", "guidance_scale"
 UNMODELLED_PROCESS_KEYS = ("embedding", "adapter", "decorator")
 UNMODELLED_MODEL_KEYS = ("assistant_lora_path", "inference_lora_path")
 KONTEXT_ARCH = "flux_kontext"
+ENV_VAR = re.compile(r"\$\{([^}]+)\}")  # AI Toolkit's replace_env_vars_in_string pattern
+
+
+def _env(var: str, used: set[str]) -> str:
+    """The environment variable's value (``${VAR}`` as written when unset); its name is added to ``used``."""
+    used.add(var)
+    return os.environ.get(var, f"${{{var}}}")
+
+
+def _substitute(text: str, used: set[str]) -> str:
+    return ENV_VAR.sub(lambda match: _env(match[1], used), text)
 
 
 class _AitkLoader(yaml.SafeLoader):
-    """Safe YAML plus AI Toolkit's rule that 1e-4 and 1.5e3 are floats (plain YAML 1.1 reads strings)."""
+    """Safe YAML plus AI Toolkit's rule that 1e-4 and 1.5e3 are floats (plain YAML 1.1 reads strings), and
+    its ${VAR} substitution. AI Toolkit substitutes the text before parsing; here each ${VAR} is first
+    replaced by a plain word, so the structure comes from the file alone (an environment value cannot
+    change it), and the value goes into its scalar before the scalar's type is resolved: an unquoted
+    ``${SEED}`` becomes a number, in block and flow style alike, as in AI Toolkit."""
+
+    def __init__(self, text: str, used: set[str]):
+        marker = f"parityenv{uuid.uuid4().hex}"
+        self.variables: list[str] = []
+
+        def word(match: re.Match) -> str:
+            self.variables.append(match[1])
+            return f"{marker}{len(self.variables) - 1}x"
+
+        super().__init__(ENV_VAR.sub(word, text))
+        self.word = re.compile(marker + r"(\d+)x")
+        self.used = used
+
+    def compose_scalar_node(self, anchor):
+        event = self.peek_event()
+        event.value = self.word.sub(lambda match: _env(self.variables[int(match[1])], self.used), event.value)
+        return super().compose_scalar_node(anchor)
 
 
 _AitkLoader.add_implicit_resolver(
@@ -115,7 +151,7 @@ class JobConfig:
 def load_job_config(path: str | Path, *, run_name: str | None = None) -> JobConfig:
     """Parse a job config file (YAML or JSON); ``run_name`` picks the process when several sample."""
     path = Path(path)
-    data = _read(path)
+    data, env_vars = _read(path)
     reader = _Reader(path)
     root = reader.mapping(data, "the file")
     config = reader.mapping(reader.require(root, "config", "the file"), "config")
@@ -127,44 +163,44 @@ def load_job_config(path: str | Path, *, run_name: str | None = None) -> JobConf
     if not isinstance(processes, list) or not processes:
         raise ParityError("config.process must be a non-empty list of processes", source=path)
     notes: list[str] = []
+    if env_vars:
+        notes.append(f"the config uses environment variables {', '.join(sorted(env_vars))}: their values here were "
+                     "substituted, as AI Toolkit does when it loads the config (the training machine's may differ)")
     index = _pick_process(processes, name, run_name, reader, notes)
     where = f"config.process[{index}]"
     process = processes[index]
     return _job(reader, process, where, name, index, notes)
 
 
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise ParityError("config file not found", source=path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ParityError(f"cannot read the config: {err}", source=path) from None
-    text = _substitute_env(text, path)
+def _read(path: Path) -> tuple[Any, set[str]]:
+    """The parsed file (JSON or YAML by suffix, as AI Toolkit decides) and the environment variables it uses."""
     suffix = path.suffix.lower()
-    try:
-        if suffix in (".json", ".jsonc"):
-            return json.loads(text)
-        if suffix in (".yaml", ".yml"):
-            return yaml.load(text, Loader=_AitkLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise ParityError(yaml_problem(err, "config"), source=path) from None
-    except json.JSONDecodeError as err:
-        raise ParityError(f"malformed config: {err}", source=path) from None
-    raise ParityError("a job config must be .yaml, .yml, .json or .jsonc (as AI Toolkit requires)", source=path)
+    used: set[str] = set()
+    if suffix in (".yaml", ".yml"):
+        data = read_yaml_mapping(path, what="config file", loader=partial(_AitkLoader, used=used))
+    elif suffix in (".json", ".jsonc"):
+        try:
+            data = _substitute_json(json.loads(read_text(path, what="config file")), used)
+        except json.JSONDecodeError as err:
+            raise ParityError(f"malformed JSON: {err}", source=path) from None
+    else:
+        raise ParityError("a job config must be .yaml, .yml, .json or .jsonc (as AI Toolkit requires)", source=path)
+    unset = sorted(var for var in used if var not in os.environ)
+    if unset:
+        raise ParityError(f"the config uses ${{{unset[0]}}} and environment variable {unset[0]} is not set "
+                          "(AI Toolkit substitutes it when it loads the config)", source=path)
+    return data, used
 
 
-def _substitute_env(text: str, path: Path) -> str:
-    """AI Toolkit replaces ${VAR} with the environment variable before parsing, and fails if unset."""
-
-    def value(match: re.Match) -> str:
-        var = match.group(1)
-        if var not in os.environ:
-            raise ParityError(f"the config uses ${{{var}}} and environment variable {var} is not set "
-                              "(AI Toolkit substitutes it when it loads the config)", source=path)
-        return os.environ[var]
-
-    return re.sub(r"\$\{([^}]+)\}", value, text)
+def _substitute_json(value: Any, used: set[str]) -> Any:
+    """${VAR} substitution in every string of a parsed JSON config (keys included, as in AI Toolkit's text)."""
+    if isinstance(value, str):
+        return _substitute(value, used)
+    if isinstance(value, dict):
+        return {_substitute(k, used): _substitute_json(v, used) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_json(v, used) for v in value]
+    return value
 
 
 def _replace_name(value: Any, name: str) -> Any:

@@ -27,7 +27,8 @@ def resolve_control(raw: str, roots: list[Path], ctrl_root: Path | None) -> tupl
         if candidate.is_file():
             return candidate.resolve(), tried
     if ctrl_root is not None and parts:
-        matches = sorted(p for p in ctrl_root.rglob(parts[-1]) if p.is_file())
+        # compared literally: a file name is no glob pattern ("a[1].png", "*.png" are names too)
+        matches = sorted(p for p in ctrl_root.rglob("*") if p.name == parts[-1] and p.is_file())
         tried.append(f"{ctrl_root}/**/{parts[-1]}")
         if len(matches) == 1:
             return matches[0].resolve(), tried

@@ -11,9 +11,11 @@ is kept with reproducible=False and the reasons in its notes, and gets no Case.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..case import DTYPES as CASE_DTYPES
 from ..case import Case
 from ..errors import ParityError
 from ..profiles import load_profile
@@ -23,13 +25,12 @@ from .previews import FORMATS, PreviewFile, discover, looks_like_samples, pair_c
 from .prompts import PromptArgs, sample_args
 
 PROFILE = "aitk-preview"
-# What AI Toolkit's Kontext sampler does beyond the request (facts §1, flux_kontext.generate_single_image).
-# AI Toolkit's get_torch_dtype spellings -> Case dtype.
-DTYPES = {"float": "fp32", "fp32": "fp32", "single": "fp32", "float32": "fp32", "fp16": "fp16", "half": "fp16",
-          "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+# AI Toolkit's get_torch_dtype spellings of each Case dtype -> that dtype.
+SPELLINGS = {"bf16": ("bf16", "bfloat16"), "fp16": ("fp16", "half", "float16"),
+             "fp32": ("fp32", "float", "single", "float32")}
+DTYPES = {spelling: dtype for dtype in CASE_DTYPES for spelling in SPELLINGS[dtype]}
 LORA_TYPES = ("lora", "locon")  # plain low-rank A/B modules on Linear layers
-PROTECTED = ("name", "prompt", "seed", "width", "height", "control_image", "preview", "loras", "tags")
-MAX_CASE_SEED = 2**63 - 1
+MAX_CASE_SEED = next(f for f in dataclasses.fields(Case) if f.name == "seed").metadata["range"][1]
 UNPAIRED = ("error", "skip")
 
 
@@ -67,12 +68,12 @@ class AitkRun:
 
 
 def load_run(path: str | Path, *, config: str | Path | None = None, ctrl_root: str | Path | None = None,
-             checkpoints: str | Path | None = None, unpaired: str = "error") -> AitkRun:
+             unpaired: str = "error") -> AitkRun:
     """Read a run folder (or a bare samples/ folder with `config`) into previews.
 
-    checkpoints: folder holding the LoRA files (default: the run folder, or the config's folder
-    for a bare samples/ folder). unpaired: "error" (default) fails on a preview with no
-    checkpoint; "skip" keeps it with reproducible=False.
+    The LoRA checkpoints are looked for in the run folder (the config's folder for a bare samples/
+    folder). unpaired: "error" (default) fails on a preview with no checkpoint; "skip" keeps it
+    with reproducible=False.
     """
     if unpaired not in UNPAIRED:
         raise ParityError(f"unpaired must be one of {', '.join(UNPAIRED)}, not {unpaired!r}")
@@ -101,8 +102,7 @@ def load_run(path: str | Path, *, config: str | Path | None = None, ctrl_root: s
     if dtype is None:
         raise ParityError(f"train.dtype {job.train_dtype!r} is not one kontext-parity runs "
                           f"(one of {', '.join(DTYPES)})", source=config_path)
-    builder = _Builder(job, dtype, run_dir, Path(checkpoints).expanduser().resolve() if checkpoints else run_dir,
-                       Path(ctrl_root).expanduser() if ctrl_root else None, files)
+    builder = _Builder(job, dtype, run_dir, Path(ctrl_root).expanduser() if ctrl_root else None, files)
     previews = [builder.preview(f) for f in files]
     builder.raise_problems(unpaired, samples_dir)
     run_notes = list(job.notes) + [f"ignored in samples/: {name}" for name in ignored]
@@ -113,9 +113,8 @@ def load_run(path: str | Path, *, config: str | Path | None = None, ctrl_root: s
 class _Builder:
     """Turns preview files into Previews; collects problems so one error lists them all."""
 
-    def __init__(self, job: JobConfig, dtype: str, run_dir: Path, checkpoints: Path, ctrl_root: Path | None,
-                 files: list[PreviewFile]):
-        self.job, self.dtype, self.checkpoints, self.ctrl_root = job, dtype, checkpoints, ctrl_root
+    def __init__(self, job: JobConfig, dtype: str, run_dir: Path, ctrl_root: Path | None, files: list[PreviewFile]):
+        self.job, self.dtype, self.checkpoints, self.ctrl_root = job, dtype, run_dir, ctrl_root
         self.roots = list(dict.fromkeys([run_dir, run_dir.parent]))
         settings = [job.sample] + ([job.first_sample] if job.first_sample else [])
         self.args = {s.key: sample_args(s, job.trigger_word, source=job.path) for s in settings}
@@ -247,28 +246,14 @@ def preview_notes(previews: list[Preview], shown: int = 3) -> list[str]:
     return out
 
 
-def preview_cases(run: AitkRun, overrides: dict | None = None) -> list[Case]:
-    """The aitk-preview Case of every reproducible preview.
-
-    overrides replace knob values (e.g. a profile's), plus `lora_mode` / `lora_scale` for the
-    preview's LoRA; what identifies the preview (prompt, seed, sizes, control, file, checkpoint)
-    cannot be overridden.
-    """
-    overrides = dict(overrides or {})
-    blocked = sorted(set(overrides) & set(PROTECTED))
-    if blocked:
-        raise ParityError(f"overrides cannot change {', '.join(blocked)}: they identify the preview")
-    lora_mode = overrides.pop("lora_mode", None)
-    lora_scale = overrides.pop("lora_scale", None)
+def preview_cases(run: AitkRun) -> list[Case]:
+    """The aitk-preview Case of every reproducible preview."""
     cases = []
     for p in run.previews:
         if not p.reproducible:
             continue
         eff = p.effective
-        loras = []
-        if p.checkpoint:
-            loras = [{"path": p.checkpoint, "scale": p.lora_scale if lora_scale is None else lora_scale,
-                      "mode": lora_mode or p.lora_mode}]
+        loras = [{"path": p.checkpoint, "scale": p.lora_scale, "mode": p.lora_mode}] if p.checkpoint else []
         fields = {
             **load_profile(PROFILE).knobs,  # the single source of AI Toolkit's sampler behaviour
             "name": p.name, "prompt": eff["prompt"], "control_image": p.control_image, "preview": p.path,
@@ -281,7 +266,6 @@ def preview_cases(run: AitkRun, overrides: dict | None = None) -> list[Case]:
             "tags": {"run": run.name, "step": p.step, "prompt_index": p.prompt_index, "profile": PROFILE,
                      "checkpoint": Path(p.checkpoint).name if p.checkpoint else "base",
                      "aitk_lora_mode": p.lora_mode or "none"},
-            **overrides,
         }
         cases.append(Case.from_dict(fields, source=run.config.path))
     return cases

@@ -247,6 +247,18 @@ def quality_or_one(quality, ctx: Context, where: str):
     return quality
 
 
+def set_given(case: dict, **values) -> None:
+    """Put the request's values that were given into the case; one left out keeps the profile's default."""
+    case.update({key: value for key, value in values.items() if value is not None})
+
+
+def note_acceleration(body: Fields, ctx: Context) -> None:
+    """fal's `acceleration` speed presets (also passed on by Lumenfall): validated, not modelled."""
+    acceleration = body.choice("acceleration", ("none", "regular", "high"), default="none")
+    if acceleration != "none":
+        ctx.note(f'acceleration "{acceleration}" (fal\'s speed presets) is not modelled: the case runs without it')
+
+
 def per_image(case: dict, count: int, seed: int, ctx: Context) -> list[dict]:
     """One case per requested image; services' seeds after the first are undocumented: seed + i here."""
     if count > 1:

@@ -10,7 +10,7 @@ word is set. Defaults for what a prompt leaves out come from the aitk-inference 
 from __future__ import annotations
 
 from ..errors import did_you_mean
-from . import Context, Fields
+from . import Context, Fields, set_given
 
 PROFILE = "aitk-inference"
 API = "ai-toolkit-inference"
@@ -62,16 +62,8 @@ def _prompt_case(item: Fields, index: int, trigger: str | None, ctx: Context) ->
         raise ctx.error(item.path("ctrl_img"), "required field missing: flux_kontext edits a control image "
                                                "(base64 data or an http(s) URL)")
     case = {"name": f"{ctx.stem}/p{index}", "profile": PROFILE, "prompt": text, "control_image": ctrl}
-    for key in ("width", "height"):
-        value = item.integer(key, lo=64, hi=4096)
-        if value is not None:
-            case[key] = value
-    steps = item.integer("sample_steps", lo=1, hi=150)
-    if steps is not None:
-        case["steps"] = steps
-    guidance = item.number("guidance_scale", lo=0, hi=20)
-    if guidance is not None:
-        case["guidance"] = guidance
+    set_given(case, width=item.integer("width", lo=64, hi=4096), height=item.integer("height", lo=64, hi=4096),
+              steps=item.integer("sample_steps", lo=1, hi=150), guidance=item.number("guidance_scale", lo=0, hi=20))
     seed = item.integer("seed", lo=-1)
     if seed is None:
         seed = BASE_SEED + index  # the server's default: 42 + prompt index

@@ -10,7 +10,7 @@ input's aspect, a ratio BFL's 1 MP size for it (see the profile's notes).
 from __future__ import annotations
 
 from ..knobs.sizing import aspect_ratio_size
-from . import Context, Fields, per_image, seed_or_zero
+from . import Context, Fields, note_acceleration, per_image, seed_or_zero, set_given
 
 PROFILE = "fal"
 API = "fal-ai/flux-kontext-lora"
@@ -21,12 +21,8 @@ RESOLUTION_MODES = ("auto", "match_input") + RATIOS
 def convert(body: Fields, ctx: Context) -> list[dict]:
     case = {"profile": PROFILE, "prompt": body.string("prompt", required=True)}
     image_url = body.string("image_url", required=True)
-    steps = body.integer("num_inference_steps", lo=10, hi=50)
-    if steps is not None:
-        case["steps"] = steps
-    guidance = body.number("guidance_scale", lo=0, hi=20)
-    if guidance is not None:
-        case["guidance"] = guidance
+    set_given(case, steps=body.integer("num_inference_steps", lo=10, hi=50),
+              guidance=body.number("guidance_scale", lo=0, hi=20))
     mode = body.choice("resolution_mode", RESOLUTION_MODES, default="match_input")
     if mode == "auto":
         case["size_source"] = "control_preferred"
@@ -37,12 +33,8 @@ def convert(body: Fields, ctx: Context) -> list[dict]:
     lora_specs = [(lora, lora.string("path", required=True), lora.number("scale", default=1.0)) for lora in loras]
     for lora in loras:
         lora.unknown()
-    output_format = body.choice("output_format", ("jpeg", "png"))
-    if output_format:
-        case["output_format"] = output_format
-    acceleration = body.choice("acceleration", ("none", "regular", "high"), default="none")
-    if acceleration != "none":
-        ctx.note(f'acceleration "{acceleration}" (fal\'s speed presets) is not modelled: the case runs without it')
+    set_given(case, output_format=body.choice("output_format", ("jpeg", "png")))
+    note_acceleration(body, ctx)
     body.boolean("sync_mode")
     body.boolean("enable_safety_checker")
     count = body.integer("num_images", lo=1, hi=4, default=1)

@@ -15,7 +15,7 @@ import re
 
 from ..errors import did_you_mean
 from ..knobs.sizing import LUMENFALL_1K, nearest_ratio, parse_ratio
-from . import Context, Fields, per_image, quality_or_one, seed_or_zero
+from . import Context, Fields, note_acceleration, per_image, quality_or_one, seed_or_zero, set_given
 
 PROFILE = "lumenfall"
 API = "Lumenfall flux.1-kontext-dev"
@@ -36,24 +36,17 @@ def convert(body: Fields, ctx: Context) -> list[dict]:
     case = {"profile": PROFILE, "prompt": body.string("prompt", required=True)}
     image, where = _input_image(body, ctx)
     case.update(_size(body, ctx, has_image=image is not None))
-    steps = body.integer("num_inference_steps", lo=10, hi=50)
-    if steps is not None:
-        case["steps"] = steps
-    guidance = body.number("cfg_scale", lo=0, hi=20)
-    if guidance is not None:
-        case["guidance"] = guidance
+    set_given(case, steps=body.integer("num_inference_steps", lo=10, hi=50),
+              guidance=body.number("cfg_scale", lo=0, hi=20))
     output_format = body.choice("output_format", OUTPUT_FORMATS)
     if output_format and output_format not in MODELLED_FORMATS:
         raise ctx.error("output_format", f'"{output_format}" is not modelled by kontext-parity '
                                          f"(one of {', '.join(MODELLED_FORMATS)})")
-    if output_format:
-        case["output_format"] = output_format
+    set_given(case, output_format=output_format)
     quality = body.integer("output_compression", lo=0, hi=100)
     if quality is not None:  # OpenAI's scale: 100 (its default) is the best quality, so it is a quality
         case["output_quality"] = quality_or_one(quality, ctx, "output_compression")
-    acceleration = body.choice("acceleration", ("none", "regular", "high"), default="none")
-    if acceleration != "none":
-        ctx.note(f'acceleration "{acceleration}" (fal\'s speed presets) is not modelled: the case runs without it')
+    note_acceleration(body, ctx)
     if body.boolean("enhance_prompt"):
         ctx.note("enhance_prompt: the provider rewrites the prompt first; the case runs the prompt as sent")
     body.choice("response_format", ("url", "b64_json"))

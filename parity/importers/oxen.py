@@ -9,7 +9,7 @@ match_input_image the preferred Kontext resolution nearest the input's aspect.
 from __future__ import annotations
 
 from ..errors import did_you_mean
-from . import Context, Fields, quality_or_one, seed_or_zero
+from . import Context, Fields, quality_or_one, seed_or_zero, set_given
 
 PROFILE = "oxen"
 API = "Oxen.ai flux-kontext-dev"
@@ -36,12 +36,8 @@ def convert(body: Fields, ctx: Context) -> list[dict]:
         case["size_source"] = "control_preferred"
     else:
         case["width"], case["height"] = ASPECT_RATIOS[ratio]
-    steps = body.integer("num_inference_steps", lo=4, hi=50)
-    if steps is not None:
-        case["steps"] = steps
-    guidance = body.number("guidance", lo=0, hi=10)
-    if guidance is not None:
-        case["guidance"] = guidance
+    set_given(case, steps=body.integer("num_inference_steps", lo=4, hi=50),
+              guidance=body.number("guidance", lo=0, hi=10))
     case["seed"] = seed_or_zero(body.integer("seed", lo=0), ctx, "seed")
     output_format = body.choice("output_format", tuple(FORMATS))
     if output_format:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageOps
 
+from ..errors import ParityError
 from ..imaging import conversion_notes
 from .registry import describe_family, register
 from .sizing import preferred_resolution
@@ -135,6 +136,10 @@ def prepare_control(
     if size is not None and tuple(size) != image.size:
         image = lookup("fit", fit)(image, tuple(size), lookup("resize", resize))
     handed = image
+    if min(handed.size) < 16:  # the pipeline's floor to 16 would leave no pixel (diffusers divides by zero)
+        after = f"resizing to the {target} size" if size is not None else "loading"
+        raise ParityError(f"control image {handed.width}x{handed.height} is smaller than 16 px after {after}: "
+                          "the pipeline floors each side to a multiple of 16")
     trace["control_size_passed"] = list(handed.size)
     # diffusers floors to 16 first, takes the aspect of that, then snaps and floors again.
     width, height = handed.width // 16 * 16, handed.height // 16 * 16

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import ParityError
 from .registry import describe_family, register
 
 describe_family("snap", "requested width/height -> size passed to the pipeline")
@@ -66,6 +67,8 @@ def pipeline_output_size(width: int, height: int, max_area: int) -> tuple[int, i
 
 def preferred_resolution(width: int, height: int) -> tuple[int, int]:
     """The preferred Kontext resolution nearest in aspect (diffusers' auto-resize)."""
+    if width < 1 or height < 1:  # no aspect to match
+        raise ParityError(f"a {width}x{height} image has no aspect ratio to match a preferred Kontext resolution")
     aspect = width / height
     _, w, h = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
     return w, h

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..errors import ParityError, unknown_value, yaml_problem
+from ..errors import ParityError, unknown_value
+from ..yamlfile import read_yaml_mapping
 
 PROFILE_DIR = Path(__file__).resolve().parent
 REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance", "control_image")
+PROFILE_KEYS = ("name", "source", "description", "knobs", "defaults", "exposes", "notes")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Profile:
     notes: str = ""
     path: str = ""
 
-    def apply(self, base: dict, request: dict | None = None) -> dict:
+    def apply(self, base: dict) -> dict:
         """Case fields for this system: base <- defaults for unexposed fields <- fixed knobs.
 
         ``base`` holds everything known (e.g. a preview's arguments); fields the system does
@@ -47,15 +47,12 @@ class Profile:
 
 
 def _read(path: Path) -> Profile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParityError(yaml_problem(err), source=path) from None
-    if not isinstance(data, dict) or "name" not in data:
-        raise ParityError("a profile is a mapping with at least a name", source=path)
-    unknown = set(data) - {"name", "source", "description", "knobs", "defaults", "exposes", "notes"}
-    if unknown:
-        raise ParityError(f"unknown profile key {sorted(unknown)[0]!r}", source=path)
+    data = read_yaml_mapping(path, what="profile", allowed=PROFILE_KEYS)
+    if "name" not in data:
+        raise ParityError("a profile needs a name", source=path)
+    for key in ("knobs", "defaults"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ParityError(f"{key} must be a mapping of case fields to values", source=path)
     return Profile(name=data["name"], source=data.get("source", ""), description=data.get("description", ""),
                    knobs=dict(data.get("knobs") or {}), defaults=dict(data.get("defaults") or {}),
                    exposes=tuple(data.get("exposes") or REQUEST_FIELDS), notes=data.get("notes", ""),
@@ -66,12 +63,17 @@ def available() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PROFILE_DIR.glob("*.yaml"))}
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """A profile by name (shipped with kontext-parity) or by path to a user's YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return _read(path)
+def load_profile(name_or_path: str | Path, root: Path | None = None) -> Profile:
+    """A profile by name (shipped with kontext-parity) or by path to a user's YAML file.
+
+    A relative path is relative to ``root`` (the case file's folder), else to the working directory.
+    """
+    if not isinstance(name_or_path, (str, Path)):
+        raise ParityError(f"a profile is a name or a .yaml path, not {name_or_path!r}")
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        return _read(path if path.is_absolute() or root is None else root / path)
     shipped = available()
-    if name_or_path not in shipped:
+    if str(name_or_path) not in shipped:
         raise ParityError(unknown_value("profile", name_or_path, shipped))
-    return _read(shipped[name_or_path])
+    return _read(shipped[str(name_or_path)])
