@@ -160,6 +160,10 @@ class Case:
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def pipeline_variant(self) -> tuple:
+        """The knobs that need a pipeline of their own: (dtype, quantize, compile, channels_last)."""
+        return (self.dtype, self.quantize, self.compile, self.channels_last)
+
     def tag(self, name: str, default: str | None = None) -> str | None:
         return dict(self.tags).get(name, default)
 

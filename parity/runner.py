@@ -131,6 +131,9 @@ class Runner:
                 summary.rows.append(done[key])
             else:
                 todo.append((case, key))
+        # Cases that need another pipeline variant (dtype, quantization, compile, layout) run together:
+        # switching variants reloads the base, minutes for a 12B checkpoint. Results do not depend on order.
+        todo.sort(key=lambda item: item[0].pipeline_variant())
         if todo:
             write_atomic(self.store.dir / "run_info.json", json.dumps(environment(self.engine), indent=1))
         bar = _progress(len(cases), summary.resumed, self.progress)

@@ -137,3 +137,18 @@ def test_single_process_cli_run_writes_the_tables_once(tmp_path, control_png, en
                                        "--no-report", "--no-progress", "--no-metrics"])
     assert result.exit_code == 0, result.output
     assert written == [tmp_path / "run"]
+
+
+def test_cases_needing_another_pipeline_run_together(tmp_path, control_png):
+    """A dtype ablation interleaved per preview loads each pipeline variant once, not once per case."""
+    from parity.engine import Engine
+
+    spec = {"defaults": {"prompt": "make it red", "control_image": str(control_png), "width": 64, "height": 64,
+                         "max_area": None, "steps": 1, "control_auto_resize": False},
+            "cases": [{"name": f"c{i}", "seed": i, "ablate": {"dtype": ["fp32"]}} for i in range(3)]}
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    engine = Engine("embedded", keep_pipelines=1)
+    Runner(tmp_path / "run", engine=engine, progress=False, metrics=False).run(load_plan(path))
+    assert engine.counters["pipelines_loaded"] == 2
+    assert len(ResultsStore(tmp_path / "run").rows()) == 6

@@ -120,7 +120,7 @@ class Engine:
 
     # --- one case ---------------------------------------------------------------------------
     def run(self, case: Case) -> RunResult:
-        pipe, applier = self.pipeline(case.dtype, case.quantize, case.compile, case.channels_last)
+        pipe, applier = self.pipeline(*case.pipeline_variant())
         device = pipe._execution_device
         self._set_attention(pipe, case.attention_backend)
         timer = StageTimer(device)
