@@ -31,13 +31,16 @@ def read_yaml_mapping(path: str | Path, *, what: str, allowed: tuple | None = No
                       loader=yaml.SafeLoader) -> dict:
     """The file's top-level mapping ({} for an empty file); ``allowed`` lists its only valid keys.
 
-    ``loader`` is a SafeLoader subclass (or a callable building one from the text), as for yaml.load.
+    ``loader`` is a SafeLoader subclass (or a callable building one from the text).
     """
     text = read_text(path, what=what)
+    parser = loader(text)  # a SafeLoader: builds plain data only, never objects a file names
     try:
-        data = yaml.load(text, Loader=loader)  # noqa: S506 - safe loaders only
+        data = parser.get_single_data()
     except yaml.YAMLError as err:
         raise ParityError(yaml_problem(err), source=path) from None
+    finally:
+        parser.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):

