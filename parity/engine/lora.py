@@ -7,6 +7,7 @@ reaches the transformer is an error.
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,9 @@ class LoraApplier:
     def _adapter(self, lora: LoraFile) -> str:
         if lora.path not in self.adapters:
             name = f"lora{len(self.adapters)}"
-            self.pipe.load_lora_weights(lora.peft_state_dict(), adapter_name=name)
+            with warnings.catch_warnings():  # several adapters side by side are the design, not a mistake
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                self.pipe.load_lora_weights(lora.peft_state_dict(), adapter_name=name)
             self.adapters[lora.path] = name
         return self.adapters[lora.path]
 
