@@ -3,6 +3,7 @@ a process that fails on a bad case neither strands the others nor loses their re
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_two_processes_merge_into_the_single_process_results(tmp_path, control_p
     leftover = tmp_path / "multi" / "outputs" / ".base.png.x1y2.partial"  # of an earlier, killed run
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half an image")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     _run([*torchrun, "-m", "parity.cli", *common, "--out", str(tmp_path / "multi")])
     assert not leftover.exists()  # rank 0 cleans up once every process is done writing
 
@@ -66,9 +67,17 @@ def test_two_processes_merge_into_the_single_process_results(tmp_path, control_p
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the ephemeral range: an ephemeral one could be handed to a client socket
+    before the store binds it, and a client connecting to its own port talks to itself (a hang)."""
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for port in random.Random().sample(range(20000, min(low, 32768)), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def test_a_failing_process_neither_strands_the_others_nor_loses_their_results(tmp_path, control_png):
