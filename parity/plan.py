@@ -95,6 +95,9 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
                         plan.cases.append(_build(base_fields, variant, root, prefix=preview_case.name))
     elif "previews" in data and not plan.cases:
         raise ParityError("previews: needs `runs:` (or pass --previews)")
+    elif data.get("variants"):
+        raise ParityError("variants: re-run AI Toolkit previews, but there are none: add previews: {runs: [...]} "
+                          "or pass --previews (explicit cases take matrix/ablate instead)")
     if not plan.cases:
         raise ParityError("the case file expands to no case")
     names = [c.name for c in plan.cases]

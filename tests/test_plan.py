@@ -200,3 +200,11 @@ def test_unknown_top_level_keys_get_a_did_you_mean(tmp_path, what, text, says):
     path.write_text(text)
     with pytest.raises(ParityError, match=says.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         READERS[what](path)
+
+
+def test_variants_without_previews_are_an_error_not_ignored(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cases": [{"name": "a", "prompt": "x"}],
+                                    "variants": [{"name": "v", "profile": "fal"}]}))
+    with pytest.raises(ParityError, match="variants: re-run AI Toolkit previews, but there are none"):
+        load_plan(path)
