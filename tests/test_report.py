@@ -259,3 +259,11 @@ def test_charts_of_thousands_of_rows_stay_within_matplotlib_limits(tmp_path):
     assert attribution_figure.get_suptitle() == "the 40 knob=value effects of the most influential knobs (of 3000)"
     first_bars = [label.get_text() for label in attribution_figure.axes[0].get_yticklabels()]
     assert first_bars[-1] == "knob0=0" and first_bars[0] == "knob13=0"  # the first 40, top to bottom
+
+
+def test_case_warnings_are_shown_escaped(tmp_path):
+    warning = 'control image: mode RGBA <with> "transparent" pixels'
+    run = make_run(tmp_path, [row("a", warnings=[warning]), row("b")])
+    page = write_reports(run)["html"].read_text()
+    assert '<ul class="warnings"><li>control image: mode RGBA &lt;with&gt; &#34;transparent&#34; pixels</li></ul>' in page
+    assert page.count('<ul class="warnings">') == 1
