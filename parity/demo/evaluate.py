@@ -27,7 +27,7 @@ STEPS = 8
 GUIDANCE = 4.0
 HUE_TOLERANCE = 25.0
 REMOVE_TOLERANCE = 40.0
-MULTIPLIERS = (0.25, 0.5, 1.0)
+MULTIPLIERS = (0.5, 1.0, 1.5)
 
 
 def generate(pipe, control, prompt: str, seed: int, *, steps: int = STEPS, guidance: float = GUIDANCE):
