@@ -66,6 +66,8 @@ class Case:
     prompt: str = field(default="", metadata={"doc": "the edit instruction, after trigger words and flags"})
     control_image: str | None = _path("path of the control (input) image")
     preview: str | None = _path("path of the image this output should reproduce")
+    base_preview: str | None = _path("the base model's image for the same arguments (AI Toolkit's step-0 preview): "
+                                     "the LoRA's own effect is measured against it")
     # sampling
     steps: int = _num(28, "denoising steps", 1, 1000, integer=True)
     guidance: float = _num(3.5, "guidance value (embedding for distilled guidance)", 0.0, 100.0)
@@ -155,7 +157,7 @@ class Case:
     def key(self) -> str:
         """Stable id of everything that decides the output (name and gating excluded)."""
         data = self.to_dict()
-        for skip in ("name", "gated", "tags", "preview"):
+        for skip in ("name", "gated", "tags", "preview", "base_preview"):
             data.pop(skip)
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -26,7 +26,7 @@ from .yamlfile import read_yaml_mapping
 
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
 PREVIEW_KEYS = ("runs", "train_steps", "ctrl_root", "config", "unpaired")
-PATH_FIELDS = ("control_image", "preview")
+PATH_FIELDS = ("control_image", "preview", "base_preview")
 
 
 @dataclass
@@ -236,6 +236,8 @@ def _build(base_fields: dict, spec: dict, root: Path, prefix: str | None = None)
         loras = own["loras"] if isinstance(own["loras"], list) else [own["loras"]]
         own["loras"] = [_resolve_lora(v, root, f"{where}, loras[{i}]") for i, v in enumerate(loras)]
     fields_ = dict(base_fields)
+    if prefix:  # the variant of a preview, as data (calibrate and reports group by it)
+        tags["variant"] = name
     if profile_name:
         profile = load_profile(profile_name, root)
         fields_ = profile.apply(fields_)

@@ -53,6 +53,13 @@ def _read(path: Path) -> Profile:
     for key in ("knobs", "defaults"):
         if not isinstance(data.get(key) or {}, dict):
             raise ParityError(f"{key} must be a mapping of case fields to values", source=path)
+    exposes = data.get("exposes") or REQUEST_FIELDS
+    if not isinstance(exposes, list | tuple) or not all(isinstance(f, str) for f in exposes):
+        raise ParityError("exposes must be a list of case fields", source=path)
+    fixed = sorted(set(exposes) & set(data.get("knobs") or {}))
+    if fixed:  # a fixed knob would silently override what a request (or a preview) says
+        raise ParityError(f"{', '.join(fixed)}: both exposed (the request's value wins) and a fixed knob; "
+                          "put the system's default under defaults:", source=path)
     return Profile(name=data["name"], source=data.get("source", ""), description=data.get("description", ""),
                    knobs=dict(data.get("knobs") or {}), defaults=dict(data.get("defaults") or {}),
                    exposes=tuple(data.get("exposes") or REQUEST_FIELDS), notes=data.get("notes", ""),
