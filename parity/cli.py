@@ -59,12 +59,24 @@ def main():
                    "are clean (default: the comparison overlaps the next generation; rows say so in "
                    "`metrics_overlapped`).")
 @click.option("--no-report", is_flag=True, help="Do not write the HTML/Markdown/JUnit reports at the end.")
+@click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Gate thresholds YAML (default: the shipped parity/thresholds/default.yaml).")
+@click.option("--no-gate", is_flag=True, help="Exploration: exit 0 whatever the verdicts (errors still exit 2).")
+@click.option("--noise-floor", "noise_floor", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Noise-floor estimators rerun per gated case (or floor group): 0 disables the floor, so "
+                   "only exact reproductions (within one rounding step) pass; more estimators, a safer floor.")
+@click.option("--noise-scope", type=click.Choice(["group", "case"]), default="group", show_default=True,
+              help="group: one floor per output size, steps, dtype, quantization, LoRA mode and preview "
+                   "encoding (cheap on hundreds of previews); case: a floor per gated case.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (CI logs).")
 def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload, lpips_net, no_metrics,
-        serial_metrics, no_report, threads, no_progress):
-    """Run the cases of CASES (a YAML case file) and write images and a results table."""
+        serial_metrics, no_report, thresholds, no_gate, noise_floor, noise_scope, threads, no_progress):
+    """Run the cases of CASES (a YAML case file), write images, a results table and reports, and gate.
+
+    Exit 0: every gated case passes; 1: a gated case is a mismatch or breaks a bound; 2: errors (bad
+    input, a case that raised, nothing checked)."""
     if threads:
         import torch
 
@@ -73,6 +85,9 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
     from .plan import load_plan
     from .runner import Runner
 
+    from .gate import load_thresholds
+
+    limits = load_thresholds(thresholds)  # a bad thresholds file fails before an hour of generation
     world = current_world()
     plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
                      ctrl_root=str(ctrl_root) if ctrl_root else None, unpaired=unpaired)
@@ -82,17 +97,23 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
     out = out or Path("reports") / cases.stem
     runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
                     progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard,
-                    serial_metrics=serial_metrics)
+                    serial_metrics=serial_metrics, noise_floor=noise_floor, noise_scope=noise_scope,
+                    noise_k_for=limits.noise_k)
     where = f" (process {world.rank + 1} of {world.size})" if world.size > 1 else ""
     click.echo(f"{len(plan.cases)} cases from {cases} -> {out}{where}", err=True)
     failure = None
     try:
         summary = runner.run(plan)
-        click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s{where}",
+        floor = (f"; noise floor: {summary.noise_reruns} rerun(s), {summary.noise_seconds:.1f} s"
+                 if summary.noise_reruns else "")
+        click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s{floor}{where}",
                    err=True)
+        if summary.crashed:  # the others ran; the gate below reports them as errors
+            failure_lines = "; ".join(summary.crashed[:3]) + (" ..." if len(summary.crashed) > 3 else "")
+            click.secho(f"error: {len(summary.crashed)} case(s) raised: {failure_lines}", fg="red", err=True)
     except Exception as err:  # re-raised below, once every process has settled
         failure = err
-    failures = settle(world, failure, runner.store.merge) if world.size > 1 else []
+    failures = settle(world, failure, lambda: runner.store.merge(limits.noise_k)) if world.size > 1 else []
     if failure is not None:
         raise failure
     if not world.is_main:
@@ -101,10 +122,40 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
         raise ParityError(failures[0] + (f" (and {len(failures) - 1} more process(es) failed)"
                                          if len(failures) > 1 else ""))
     click.echo(f"results: {out / 'results.csv'}")
-    if not no_report:
+    if no_report:
+        from .gate import check as check_rows
+        from .report.rows import load_rows
+        from .results import planned_cases
+
+        gate = check_rows(load_rows(out), limits, planned_cases(out))
+        click.echo(gate.headline())
+    else:
         from .report import write_reports
 
-        click.echo(write_reports(out)["summary_text"])
+        reports = write_reports(out, thresholds)
+        click.echo(reports["summary_text"])
+        gate = reports["gate"]
+    generation_only = not any(case.preview for case in plan.cases)
+    if no_metrics:
+        click.echo("note: --no-metrics: nothing was compared, so the gate does not decide the exit code", err=True)
+    elif generation_only:
+        click.echo("note: no case has a preview: generation only, nothing to verify", err=True)
+    elif no_gate:
+        click.echo("note: --no-gate: the exit code ignores the verdicts", err=True)
+    _exit_for(gate, gate_verdicts=not (no_gate or no_metrics or generation_only))
+
+
+def _exit_for(gate, *, gate_verdicts: bool = True) -> None:
+    """Exit 2 on errors or when nothing was checked, 1 when a gated case fails, else 0."""
+    from .gate import EXIT_ERROR, EXIT_PASS
+
+    code = gate.exit_code
+    if not gate_verdicts:
+        code = EXIT_ERROR if gate.count("error") else EXIT_PASS
+    elif code == EXIT_ERROR and not gate.count("error"):
+        click.secho("error: no gated case was checked against a preview: nothing was verified "
+                    "(mark cases gated, give them previews, or pass --no-gate)", fg="red", err=True)
+    sys.exit(code)
 
 
 @main.command()
@@ -147,23 +198,45 @@ def report(run_dir, thresholds):
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None, help=THRESHOLDS_HELP)
 def check(run_dir, thresholds):
-    """Gate RUN_DIR on thresholds. Exit 0: pass; 1: a threshold is violated or a case did not run;
-    2: the results or the thresholds cannot be read."""
+    """Gate RUN_DIR. Exit 0: every gated case passes; 1: a gated case is a mismatch or breaks a bound;
+    2: errors (a case that did not run or has no row, nothing checked, unreadable results or thresholds)."""
     from .gate import check as check_rows
     from .gate import load_thresholds, violation_table
     from .report.rows import load_rows
+    from .results import planned_cases
 
     limits = load_thresholds(thresholds)
-    result = check_rows(load_rows(run_dir), limits)
+    result = check_rows(load_rows(run_dir), limits, planned_cases(run_dir))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if result.violations:
         click.echo(violation_table(result.violations))
-    gated = len(result.verdicts) - result.count("ungated")
     click.echo(f"{result.headline()} (thresholds: {limits.source})")
-    if not gated:
-        click.echo("warning: no case is gated; nothing was checked", err=True)
-    sys.exit(0 if result.passed else 1)
+    _exit_for(result)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--margin", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Headroom beyond the worst value seen, as a fraction of its distance from a perfect score "
+                   "(0.1: an LPIPS of 0.02 allows 0.022).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Thresholds file to write (default: print it).")
+def calibrate(run_dir, margin, out):
+    """Write a thresholds file from RUN_DIR, a run judged good: per profile and per case group, the
+    worst value of each metric plus a margin, and the verdicts seen. Gate later runs with it
+    (`parity check RUN --thresholds FILE`) to catch any drift from this one."""
+    from .calibrate import calibrate as make_thresholds
+    from .gate import load_thresholds
+
+    text = make_thresholds(run_dir, margin)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    load_thresholds(out)  # what was written must read back
+    click.echo(f"thresholds -> {out}", err=True)
 
 
 from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converters load on demand)

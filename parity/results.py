@@ -123,16 +123,22 @@ class ResultsStore:
         """One row per case of the plan, the newest (see ``latest_rows``)."""
         return latest_rows(self.dir)
 
-    def merge(self) -> dict[str, Path]:
+    def merge(self, noise_k_for=None) -> dict[str, Path]:
         """A multi-process run's tables, on rank 0 once every process is done writing."""
         self.remove_partials()
-        return self.write_tables()
+        return self.write_tables(noise_k_for)
 
-    def write_tables(self) -> dict[str, Path]:
-        """results.csv and results.json (and results.parquet when pyarrow is present)."""
+    def write_tables(self, noise_k_for=None) -> dict[str, Path]:
+        """results.csv and results.json (and results.parquet when pyarrow is present), each compared
+        row with its verdict and the reason (``noise_k_for``: row -> k, the thresholds' own)."""
         import pandas as pd
 
+        from .verdict import NOISE_K, judge_rows
+
         rows = self.latest_rows()
+        verdicts = judge_rows(rows, noise_k_for or (lambda row: NOISE_K))
+        rows = [{**row, "verdict": verdicts[row["name"]].verdict, "verdict_reason": verdicts[row["name"]].reason}
+                if row["name"] in verdicts else row for row in rows]
         frame = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
                               for r in rows])
         paths = {"csv": self.dir / "results.csv", "json": self.dir / "results.json"}
@@ -180,14 +186,15 @@ def newest(rows: list[dict], by: str = "name") -> dict:
     return latest
 
 
-def plan_names(run_dir: str | Path) -> set[str] | None:
-    """Case names of the folder's plan.json (None without one): cases since removed from the case file
-    must not linger in tables, reports and the gate."""
+def planned_cases(run_dir: str | Path) -> list[dict] | None:
+    """The cases of the folder's plan.json as {name, gated} (None without one): what a complete run has
+    a row for, and which cases since removed from the case file must not linger in tables and reports."""
     path = Path(run_dir) / PLAN
     if not path.is_file():
         return None
     try:
-        return {case["name"] for case in json.loads(path.read_text(encoding="utf-8"))["cases"]}
+        cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
+        return [{"name": case["name"], "gated": case.get("gated", True) is not False} for case in cases]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise ParityError(f"cannot read the plan of the run: {err}", source=path) from None
 
@@ -204,7 +211,8 @@ def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
                                   source=run_dir)
             continue
         rows.append(row)
-    names = plan_names(run_dir)
+    planned = planned_cases(run_dir)
+    names = None if planned is None else {case["name"] for case in planned}
     return [row for name, row in newest(rows).items() if names is None or name in names]
 
 

@@ -31,4 +31,5 @@ def write_reports(run_dir: str | Path, thresholds: str | Path | None = None) -> 
     except OSError as err:
         raise ParityError(f"cannot write the reports: {err.strerror or err}", source=run_dir) from None
     return {**paths, "charts": {k: run_dir / v for k, v in chart_files.items() if v},
-            "passed": data.gate.passed, "summary_text": text.render(data, paths["html"])}
+            "passed": data.gate.passed, "exit_code": data.gate.exit_code, "gate": data.gate,
+            "summary_text": text.render(data, paths["html"])}

@@ -18,9 +18,14 @@ from .data import ReportData
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TABLE_METRICS = (("ssim", "SSIM"), ("lpips", "LPIPS"), ("psnr", "PSNR"), ("mean_abs", "mean abs"),
                  ("max_abs", "max abs"), ("floor_ssim", "floor SSIM"), ("floor_lpips", "floor LPIPS"),
-                 ("floor_psnr", "floor PSNR"), ("time_total_s", "total s"))
-CARD_METRICS = (*TABLE_METRICS[:-1], ("size_mismatch", "size mismatch"), ("preview_jpeg_quality", "preview JPEG q"),
-                ("time_denoise_s", "denoise s"), ("time_total_s", "total s"))
+                 ("floor_psnr", "floor PSNR"), ("jpeg_excess", "JPEG excess"), ("lora_gap_fraction", "LoRA gap"),
+                 ("time_total_s", "total s"))
+CARD_METRICS = (*TABLE_METRICS[:-1], ("noise_mean_abs", "noise mean abs"), ("noise_max_abs", "noise max abs"),
+                ("noise_jpeg_excess", "noise JPEG excess"), ("noise_time_s", "noise rerun s"),
+                ("lora_effect_mean_abs", "LoRA effect mean abs"), ("lora_effect_luma_rms", "LoRA effect luma RMS"),
+                ("lora_effect_lpips", "LoRA effect LPIPS"), ("size_mismatch", "size mismatch"),
+                ("preview_jpeg_quality", "preview JPEG q"), ("time_denoise_s", "denoise s"),
+                ("time_total_s", "total s"))
 GATE_LABELS = {"pass": "pass", "fail": "fail", "error": "error", "ungated": "not gated"}
 SMALL = 320  # outputs narrower than this are shown enlarged, pixel for pixel
 
@@ -46,8 +51,9 @@ def _cases(data: ReportData) -> list[dict]:
     return [{
         "anchor": f"case-{i}",
         "row": row,
-        "verdict": verdicts[row["name"]],
+        "gate_case": verdicts[row["name"]],
         "gate": GATE_LABELS[verdicts[row["name"]].status],
+        "verdict": verdicts[row["name"]].verdict,
         "metrics": {column: metric_value(row, column) for column, _ in CARD_METRICS},
         "images": case_images(data.run_dir, row),
         "delta": data.delta_of(row["name"]),

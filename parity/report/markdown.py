@@ -29,6 +29,14 @@ def render(data: ReportData, html_name: str) -> str:
     gate = data.gate
     lines = [f"# kontext-parity: {cell(data.run_dir.resolve().name)}", "",
              f"**{gate.headline()}** (thresholds: {cell(gate.source)})", ""]
+    counts = gate.verdict_counts()
+    everything = gate.verdict_counts(gated_only=False)
+    lines += _table(("verdicts", *counts), [("gated cases", *counts.values()), ("all compared cases", *everything.values())])
+    lines += [f"Hardware: {cell(text)}" + (f" ({n} cases)" if len(data.hardware) > 1 else "") for _, text, n in data.hardware]
+    lines += [""] if data.hardware else []
+    if data.missing:
+        lines += [f"**{len(data.missing)} gated case(s) have no result row** (the run is incomplete): "
+                  + cell(", ".join(data.missing[:10])), ""]
     stats = {m: data.stat(m) for m in ("ssim", "lpips")}
     lines += [f"SSIM and LPIPS over {data.stat_scope} compared cases.", ""]
     lines += _table(("cases", "ok", "errors", "compared", "mean SSIM", "worst SSIM", "mean LPIPS", "worst LPIPS"),
@@ -42,9 +50,11 @@ def render(data: ReportData, html_name: str) -> str:
     worst = data.worst_by_lpips(WORST)
     if worst:
         verdicts = gate.by_name()
-        lines += _table(("case", "profile", "gate", "LPIPS", "SSIM", "PSNR", "floor LPIPS"),
+        lines += _table(("case", "profile", "gate", "verdict", "LPIPS", "SSIM", "PSNR", "floor LPIPS", "LoRA gap"),
                         [(r["name"], r.get("tag_profile"), verdicts[r["name"]].status,
-                          *[metric_value(r, m) for m in ("lpips", "ssim", "psnr", "floor_lpips")]) for r in worst])
+                          verdicts[r["name"]].verdict.verdict if verdicts[r["name"]].verdict else None,
+                          *[metric_value(r, m) for m in ("lpips", "ssim", "psnr", "floor_lpips", "lora_gap_fraction")])
+                         for r in worst])
     else:
         lines += ["No case was compared with a preview.", ""]
     lines += ["## What drives the mismatch", ""]
