@@ -36,7 +36,7 @@ def row(name: str, *, lpips=0.02, ssim=0.97, preview=True, **extra) -> dict:
     if preview:
         data.update(ssim=ssim, lpips=lpips, psnr=30.0, mean_abs=2.0, max_abs=40.0, size_mismatch=False,
                     floor_ssim=0.99, floor_lpips=0.01, floor_psnr=40.0, floor_mean_abs=1.0, floor_max_abs=20.0,
-                    preview_jpeg_quality=75)
+                    preview_jpeg_quality=75, noise_mean_abs=0.6, noise_max_abs=12.0, noise_group="g128")
     data.update(extra)
     return data
 
@@ -79,7 +79,8 @@ def demo_rows() -> list[dict]:
                         gated=False, tag_ablation="control_resize", tag_ablation_value="lanczos", **tags))
         rows.append(row(f"{group}/diffusers-default", lpips=0.3, ssim=0.6, gated=False,
                         tag_profile="diffusers-default", **tags))
-    rows.append(row("tiny_bf16/000000010_2/aitk-preview", lpips=0.2, ssim=0.8, floor_lpips=0.15, tag_run="tiny_bf16"))
+    rows.append(row("tiny_bf16/000000010_2/aitk-preview", lpips=0.2, ssim=0.8, floor_lpips=0.15, floor_mean_abs=3.0,
+                    floor_max_abs=60.0, tag_run="tiny_bf16"))  # a mismatch: 5x the noise floor
     rows.append(row(XSS_NAME, prompt=XSS_PROMPT, tag_run="tiny"))
     rows.append(row("no-preview", preview=False, tag_run="tiny"))
     rows.append({"name": "broken", "run_key": "kbroken", "status": "error", "gated": True, "tag_run": "tiny",
@@ -101,7 +102,7 @@ def test_write_reports_writes_every_file(run_dir):
     assert paths["passed"] is False
     summary = paths["summary_text"]
     assert len(summary.splitlines()) <= 25
-    assert "11 ok, 1 error" in summary and "gate FAIL" in summary and str(paths["html"]) in summary
+    assert "11 ok, 1 error" in summary and "gate ERROR" in summary and str(paths["html"]) in summary
     assert "1. guidance" in summary and "2. control_resize" in summary
 
 
@@ -138,8 +139,8 @@ def test_junit_has_one_testcase_per_row(run_dir):
     failed = cases["tiny_bf16/000000010_2/aitk-preview"]
     assert failed.get("classname") == "tiny_bf16"
     message = failed.find("failure").get("message")
-    assert "lpips = 0.2" in message and "<= 0.1" in message and "floor_lpips = 0.15" in message
-    assert "floor_lpips_max" in message
+    assert "verdict = mismatch: mean abs 3 > 1.25" in message and "exact | noise (verdicts)" in message
+    assert "verdict=mismatch" in failed.find("system-out").text
     assert "found & gone" in cases["broken"].find("error").get("message")
     skipped = cases["tiny_bf16/000000000_0/aitk-preview[guidance=2.5]"].find("skipped")
     assert "ablation of guidance" in skipped.get("message") and "lpips=0.12" in skipped.get("message")
@@ -150,7 +151,8 @@ def test_junit_has_one_testcase_per_row(run_dir):
 
 def test_markdown_has_gate_worst_cases_and_attribution(run_dir):
     text = write_reports(run_dir)["markdown"].read_text()
-    assert "**gate FAIL: 4 pass, 1 fail, 1 error, 6 not gated**" in text
+    assert "**gate ERROR: 4 pass, 1 fail, 1 error, 6 not gated (gated verdicts: 3 noise, 1 mismatch)**" in text
+    assert "| gated cases | 0 | 3 | 1 |" in text
     worst = text.split("## Worst cases by LPIPS")[1].split("##")[0]
     assert worst.index("diffusers-default") < worst.index("000000010_2/aitk-preview")
     attribution_table = text.split("## What drives the mismatch")[1]
@@ -204,7 +206,7 @@ def test_report_command_regenerates_from_results_alone(run_dir, tmp_path):
         preview.unlink()
     result = CliRunner().invoke(main, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert "gate FAIL" in result.output and "report.html" in result.output
+    assert "gate ERROR" in result.output and "report.html" in result.output
     page = (run_dir / "report.html").read_text()
     assert (run_dir / "summary.md").is_file() and (run_dir / "junit.xml").is_file()
     assert (run_dir / "report_assets" / "latency.png").is_file()
@@ -213,7 +215,7 @@ def test_report_command_regenerates_from_results_alone(run_dir, tmp_path):
 
 def test_report_command_with_thresholds_and_errors(run_dir, tmp_path):
     loose = tmp_path / "loose.yaml"
-    loose.write_text("defaults: {lpips_max: 1.0}\n")
+    loose.write_text("defaults: {lpips_max: 1.0, verdicts: [exact, noise, mismatch]}\n")
     result = CliRunner().invoke(main, ["report", str(run_dir), "--thresholds", str(loose)])
     assert result.exit_code == 0 and "1 fail" not in result.output and str(loose) in result.output
     missing = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])

@@ -132,7 +132,7 @@ def test_single_process_cli_run_writes_the_tables_once(tmp_path, control_png, en
     monkeypatch.setattr("parity.engine.Engine", lambda *args, **kwargs: engine)
     written = []
     real = ResultsStore.write_tables
-    monkeypatch.setattr(ResultsStore, "write_tables", lambda self: written.append(self.dir) or real(self))
+    monkeypatch.setattr(ResultsStore, "write_tables", lambda self, *args: written.append(self.dir) or real(self, *args))
     result = CliRunner().invoke(main, ["run", str(_case_file(tmp_path, control_png)), "--out", str(tmp_path / "run"),
                                        "--no-report", "--no-progress", "--no-metrics"])
     assert result.exit_code == 0, result.output
