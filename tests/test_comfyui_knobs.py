@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from parity.case import Case
+from parity.case import Case, LoraSpec
 from parity.cli import main
 from parity.errors import ParityError
 from parity.knobs import choices, lookup
@@ -286,6 +286,106 @@ def test_patched_lora_rounds_back_and_is_undone_exactly(engine):
     base = plain_applier.linear(module).weight.detach().clone()
     with plain_applier.applied([(load_lora_file(LORA, plain.transformer), 0.7, "patched_fp32")]):
         assert torch.equal(plain_applier.linear(module).weight, base + 0.7 * (up @ down))
+
+
+# --- LoRA files as ComfyUI users have them -----------------------------------------------------------------------
+
+DOUBLE = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "txt_attn.proj": ("attn.to_add_out",),
+          "img_mlp.0": ("ff.net.0.proj",), "img_mod.lin": ("norm1.linear",)}
+
+
+def _bfl_lora(path: Path, style: str, alpha: float | None = None) -> dict:
+    """The AI Toolkit LoRA's double-block modules in BFL names (fused qkv: stacked downs, block-diagonal ups)."""
+    peft = load_file(str(LORA))
+    out, expected = {}, {}
+    for i in range(2):
+        for bfl, parts in DOUBLE.items():
+            downs = [peft[f"transformer.transformer_blocks.{i}.{p}.lora_A.weight"].float() for p in parts]
+            ups = [peft[f"transformer.transformer_blocks.{i}.{p}.lora_B.weight"].float() for p in parts]
+            down, up = torch.cat(downs), torch.block_diag(*ups)
+            name = {"kohya": f"lora_unet_double_blocks_{i}_{bfl.replace('.', '_')}",
+                    "bfl_ab": f"diffusion_model.double_blocks.{i}.{bfl}",
+                    "bfl_down_up": f"diffusion_model.double_blocks.{i}.{bfl}"}[style]
+            a, b = ("lora_A", "lora_B") if style == "bfl_ab" else ("lora_down", "lora_up")
+            out[f"{name}.{a}.weight"], out[f"{name}.{b}.weight"] = down, up
+            if alpha is not None:
+                out[f"{name}.alpha"] = torch.tensor(alpha * down.shape[0])
+            for p, d, u in zip(parts, downs, ups):
+                expected[f"transformer_blocks.{i}.{p}"] = (d * (alpha or 1.0), u)
+    save_file(out, str(path))
+    return expected
+
+
+@pytest.mark.parametrize("style, alpha, fmt", [("kohya", 2.0, "kohya"), ("bfl_ab", None, "diffusion_model"),
+                                               ("bfl_down_up", 0.5, "diffusion_model")])
+def test_comfyui_lora_formats_load_through_diffusers_converters(engine, tmp_path, style, alpha, fmt):
+    from parity.engine.lora import load_lora_file
+
+    pipe, _ = engine.pipeline("fp32")
+    expected = _bfl_lora(tmp_path / "lora.safetensors", style, alpha)
+    lora = load_lora_file(tmp_path / "lora.safetensors", pipe.transformer)
+    assert lora.audit.format == fmt and set(lora.modules) == set(expected)
+    for module, (down, up) in expected.items():  # fused qkv split back exactly; alpha/rank folded in
+        ours_down, ours_up = lora.modules[module]
+        scale = lora.alpha_scale(module)
+        assert torch.allclose(ours_up @ ours_down * scale, up @ down, rtol=0, atol=1e-6), module
+
+
+def test_same_image_from_the_peft_and_the_bfl_file(engine, tmp_path):
+    from parity.engine.lora import load_lora_file
+
+    pipe, _ = engine.pipeline("fp32")
+    expected = _bfl_lora(tmp_path / "bfl.safetensors", "bfl_ab")
+    peft = load_file(str(LORA))
+    subset = {k: v for k, v in peft.items() if k.split(".lora_")[0][len("transformer."):] in expected}
+    save_file(subset, str(tmp_path / "peft.safetensors"))
+    control = str(DEMO / "tiny_bf16" / "control" / "ctrl_square_128.png")
+    base = dict(prompt="zxq style photo", control_image=control, width=64, height=64, steps=2, dtype="fp32",
+                max_area=None, control_auto_resize=False)
+    images = [np.asarray(engine.run(Case(**base, loras=(LoraSpec(str(tmp_path / f), 1.0, "patched_fp32"),))).image)
+              for f in ("peft.safetensors", "bfl.safetensors")]
+    assert np.array_equal(*images)
+    assert load_lora_file(tmp_path / "bfl.safetensors", pipe.transformer).audit.modules_applied == 12
+
+
+def test_single_block_linear1_of_another_size_is_a_clear_error(engine, tmp_path):
+    from parity.engine.lora import load_lora_file
+
+    pipe, _ = engine.pipeline("fp32")
+    save_file({"lora_unet_single_blocks_0_linear1.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet_single_blocks_0_linear1.lora_up.weight": torch.zeros(224, 4)}, str(tmp_path / "k.safetensors"))
+    with pytest.raises(ParityError, match=r"k.safetensors: cannot convert a kohya LoRA: diffusers' converter splits "
+                                          r"each single_blocks linear1 .* FLUX.1's full size"):
+        load_lora_file(tmp_path / "k.safetensors", pipe.transformer)
+
+
+def test_full_size_kohya_lora_maps_onto_every_flux_module(tmp_path):
+    """FLUX.1's real sizes (a transformer built on the meta device: shapes only) and a rank-1 kohya file."""
+    from diffusers import FluxTransformer2DModel
+
+    from parity.engine.lora import load_lora_file
+
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel(guidance_embeds=True)
+    rows = {"img_attn_qkv": 9216, "txt_attn_qkv": 9216, "img_attn_proj": 3072, "txt_attn_proj": 3072,
+            "img_mlp_0": 12288, "img_mlp_2": 3072, "txt_mlp_0": 12288, "txt_mlp_2": 3072, "img_mod_lin": 18432,
+            "txt_mod_lin": 18432}
+    cols = {"img_mlp_2": 12288, "txt_mlp_2": 12288}
+    tensors = {}
+    for i in range(19):
+        for name, out in rows.items():
+            key = f"lora_unet_double_blocks_{i}_{name}"
+            tensors[f"{key}.lora_down.weight"] = torch.zeros(1, cols.get(name, 3072), dtype=torch.bfloat16)
+            tensors[f"{key}.lora_up.weight"] = torch.zeros(out, 1, dtype=torch.bfloat16)
+    for i in range(38):
+        for name, (out, inp) in {"linear1": (21504, 3072), "linear2": (3072, 15360), "modulation_lin": (9216, 3072)}.items():
+            key = f"lora_unet_single_blocks_{i}_{name}"
+            tensors[f"{key}.lora_down.weight"] = torch.zeros(1, inp, dtype=torch.bfloat16)
+            tensors[f"{key}.lora_up.weight"] = torch.zeros(out, 1, dtype=torch.bfloat16)
+    save_file(tensors, str(tmp_path / "full.safetensors"))
+    lora = load_lora_file(tmp_path / "full.safetensors", transformer)
+    assert lora.audit.format == "kohya" and not lora.audit.dropped
+    assert lora.audit.modules_applied == 19 * 14 + 38 * 6  # qkv and linear1 split into their diffusers modules
 
 
 # --- the Case fields themselves ----------------------------------------------------------------------------------
