@@ -16,11 +16,12 @@ from .errors import ParityError, did_you_mean
 from .knobs import choices
 
 DTYPES = ("bf16", "fp16", "fp32")
-QUANTIZE = ("none", "qfloat8")
 
 
-def _knob(family: str, default: str, doc: str):
-    return field(default=default, metadata={"family": family, "doc": doc})
+def _knob(family: str, default: str, doc: str, *, keyed_if_set: bool = False):
+    """A knob field. ``keyed_if_set``: a field added after results were first stored; at its default it
+    stays out of the case key, so earlier runs still resume."""
+    return field(default=default, metadata={"family": family, "doc": doc, "keyed_if_set": keyed_if_set})
 
 
 def _num(default, doc: str, lo, hi, *, integer: bool = False, nullable: bool = False):
@@ -76,6 +77,7 @@ class Case:
     true_cfg_scale: float = _num(1.0, "true CFG scale (true_cfg runs only when > 1)", 0.0, 100.0)
     seed: int = _num(0, "noise seed", 0, 2**63 - 1, integer=True)
     generator: str = _knob("generator", "cpu", "cpu | global | cuda")
+    noise: str = _knob("noise", "latent", "how the initial noise is drawn (dtype, device)", keyed_if_set=True)
     # sizes
     width: int = _num(1024, "requested output width", 16, 16384, integer=True)
     height: int = _num(1024, "requested output height", 16, 16384, integer=True)
@@ -83,6 +85,8 @@ class Case:
     snap: str = _knob("snap", "none", "snapping rule for the requested size")
     max_area: int | None = _num(1024 * 1024, "pipeline max_area (null: width*height after snapping)", 256,
                                 16384 * 16384, integer=True, nullable=True)
+    latent_padding: str = _knob("latent_padding", "none", "output sides floored to 16 (none) or 8 (circular padding)",
+                                keyed_if_set=True)
     # control image preparation
     control_exif_transpose: bool = field(default=False, metadata={"doc": "apply EXIF orientation"})
     control_alpha: str = _knob("alpha", "drop", "drop | white")
@@ -91,15 +95,26 @@ class Case:
     control_fit: str = _knob("fit", "stretch", "stretch | fit | crop")
     control_auto_resize: bool = field(default=True, metadata={"doc": "snap to a preferred Kontext resolution"})
     control_pipeline_resize: str = _knob("resize", "lanczos", "filter of the pipeline's own resize")
+    control_encode: str = _knob("control_encode", "resize16", "the pipeline's step before the VAE: resize16 | crop8",
+                                keyed_if_set=True)
     # scheduler
     sigma_schedule: str = _knob("sigma_schedule", "flux", "un-shifted sigmas")
     dynamic_shifting: bool = field(default=True, metadata={"doc": "resolution-dependent shift (mu)"})
     shift: float = _num(3.0, "static shift when dynamic shifting is off", 0.01, 100.0)
     base_shift: float = _num(0.5, "mu at base_image_seq_len", -10.0, 10.0)
     max_shift: float = _num(1.15, "mu at max_image_seq_len", -10.0, 10.0)
+    sampler: str = _knob("sampler", "flow_match_euler", "the denoising step: flow_match_euler | euler_x0",
+                         keyed_if_set=True)
+    latent_dtype: str = _knob("latent_dtype", "model", "the sampler state's dtype: model | fp32", keyed_if_set=True)
+    timestep_dtype: str = _knob("timestep_dtype", "model", "precision of the timestep's embedding input: model | fp32",
+                                keyed_if_set=True)
+    # prompt
+    prompt_encoding: str = _knob("prompt_encoding", "diffusers", "tokens, padding and weights of CLIP and T5",
+                                 keyed_if_set=True)
+    text_encoder_dtype: str = _knob("text_encoder_dtype", "pipeline", "precision of CLIP and T5", keyed_if_set=True)
     # numerics
     dtype: str = field(default="bf16", metadata={"doc": "bf16 | fp16 | fp32", "choices": DTYPES})
-    quantize: str = field(default="none", metadata={"doc": "none | qfloat8 (transformer and T5)", "choices": QUANTIZE})
+    quantize: str = _knob("quantize", "none", "none | qfloat8 (transformer and T5) | fp8_* (transformer)")
     loras: tuple[LoraSpec, ...] = field(default=(), metadata={"doc": "LoRAs: [path, scale, mode]"})
     # speed knobs (they change the arithmetic, so they can change pixels)
     attention_backend: str = _knob("attention_backend", "native", "diffusers attention backend")
@@ -108,6 +123,7 @@ class Case:
     # output
     output_format: str = _knob("output_format", "png", "png | jpeg | webp")
     output_quality: int | None = _num(None, "JPEG/WebP quality", 1, 100, integer=True, nullable=True)
+    output_uint8: str = _knob("output_uint8", "round", "VAE output to 8 bits: round | truncate", keyed_if_set=True)
     # bookkeeping (not knobs): where the case came from, whether the gate counts it
     gated: bool = field(default=True, metadata={"doc": "count this case in `parity check`"})
     tags: tuple[tuple[str, str], ...] = field(default=(), metadata={"doc": "free labels (profile, checkpoint, ...)"})
@@ -159,6 +175,9 @@ class Case:
         data = self.to_dict()
         for skip in ("name", "gated", "tags", "preview", "base_preview"):
             data.pop(skip)
+        for f in fields(self):
+            if f.metadata.get("keyed_if_set") and data[f.name] == f.default:
+                data.pop(f.name)
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -245,18 +245,26 @@ from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converte
 @main.command("import")
 @click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", required=True, type=click.Choice(list(REQUEST_FORMATS)),
-              help="The API the request body was sent to.")
+              help="The API the request body was sent to, or comfyui for a ComfyUI workflow (API or UI format "
+                   "JSON, or a PNG ComfyUI saved).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Case file to write (default: print it; paths in it are then absolute).")
 @click.option("--control-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with local copies of the files the request links by http(s) URL (control images, "
-                   "LoRAs), matched by file name; base64 images are decoded into it (default: beside --out).")
-def import_request(request, fmt, out, control_dir):
-    """Turn REQUEST (a JSON body sent to a serving API) into a case file of that API's profile."""
+                   "LoRAs), matched by file name; base64 images are decoded into it (default: beside --out). "
+                   "For a ComfyUI workflow: the folder of its LoadImage images (ComfyUI/input).")
+@click.option("--lora-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder in which LoRAs named by a relative path are found (ComfyUI/models/loras).")
+@click.option("--base", default=None,
+              help="Base model written into the case file: a diffusers folder or a model id (for a ComfyUI "
+                   "workflow, the model its UNETLoader file holds).")
+def import_request(request, fmt, out, control_dir, lora_dir, base):
+    """Turn REQUEST (a JSON body sent to a serving API, or a ComfyUI workflow) into a case file of that
+    system's profile."""
     from .importers import import_request as convert
     from .plan import load_plan
 
-    text, notes = convert(request, fmt, out=out, control_dir=control_dir)
+    text, notes = convert(request, fmt, out=out, control_dir=control_dir, lora_dir=lora_dir, base=base)
     for note in notes:
         click.echo(f"note: {note}", err=True)
     if out is None:

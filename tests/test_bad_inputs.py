@@ -512,12 +512,13 @@ def _foreign_lora(kind: str, path: Path) -> tuple[Path, str]:
     if kind == "no matching keys":
         save_file({"text_model.encoder.layers.0.mlp.fc1.lora_A.weight": torch.zeros(4, 8)}, str(path))
         return path, "no key of this LoRA applies to the FLUX.1-Kontext transformer"
-    save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(4, 32),
-               "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(96, 4)}, str(path))
-    return path, "LoRA keys use the 'diffusion_model.' prefix with original BFL module names"
+    # BFL names (ComfyUI's layout) load through diffusers' converter; FLUX.1-dev's fused qkv does not fit here
+    save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(4, 3072),
+               "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(9216, 4)}, str(path))
+    return path, "does not fit Linear(32, 32)"
 
 
-@pytest.mark.parametrize("kind", ["other architecture", "no matching keys", "BFL names"])
+@pytest.mark.parametrize("kind", ["other architecture", "no matching keys", "BFL names, other size"])
 def test_lora_that_does_not_fit_fails_mid_run_keeping_earlier_cases(tmp_path, control, demo_runs, kind):
     lora, says = _foreign_lora(kind, tmp_path / "foreign.safetensors")
     cases = case_file(tmp_path, GOOD + [{"name": "bad", "loras": [[str(lora), 1.0, "branch"]]}], control)

@@ -67,7 +67,8 @@ def test_summary_table_sorts_by_a_metric_column(report, tmp_path):
     harness = report.parent / "sort-harness.html"
     harness.write_text("""<!doctype html><iframe id="f" src="report.html"></iframe><pre id="out"></pre><script>
 document.getElementById("f").addEventListener("load", function () {
-  var doc = this.contentDocument, head = doc.querySelectorAll("#summary th")[6], orders = [];
+  var doc = this.contentDocument, orders = [];
+  var head = [].filter.call(doc.querySelectorAll("#summary th"), function (th) { return th.textContent === "LPIPS"; })[0];
   for (var i = 0; i < 2; i++) {
     head.click();
     var rows = doc.querySelectorAll("#summary tbody tr");

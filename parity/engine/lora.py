@@ -2,7 +2,8 @@
 
 A LoRA that silently applies nothing is the commonest "my LoRA does nothing" report
 (diffusers only logs a warning), so every file gets an audit and a file of which no key
-reaches the transformer is an error.
+reaches the transformer is an error. Files in ComfyUI's formats (kohya ``lora_unet_...``, BFL
+``diffusion_model.double_blocks...``) go through diffusers' own converters.
 """
 from __future__ import annotations
 
@@ -124,26 +125,42 @@ def detect_format(keys) -> str:
     return "unknown"
 
 
+def _bfl_as_kohya(tensors: dict) -> dict:
+    """BFL module names (ComfyUI's layout, fused qkv / linear1) under the ``diffusion_model.`` prefix that
+    diffusers' kohya converter reads (as ComfyUI saves them); PEFT-style lora_A/lora_B are the same
+    matrices as lora_down/lora_up."""
+    out = {}
+    for key, value in tensors.items():
+        key = key[len("diffusion_model."):] if key.startswith("diffusion_model.") else key
+        key = key.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up.")
+        out[f"diffusion_model.{key}"] = value
+    return out
+
+
 def _to_diffusers_keys(tensors: dict, fmt: str, path: Path) -> dict:
     """Rename to diffusers' 'transformer.<module>.lora_A/B.weight' where we know how."""
     if fmt == "peft":
         return tensors
     if fmt == "peft-unprefixed":
         return {f"transformer.{k}": v for k, v in tensors.items()}
-    if fmt == "diffusion_model":
+    if fmt in ("diffusion_model", "bfl"):
         stripped = {k[len("diffusion_model."):] if k.startswith("diffusion_model.") else k: v for k, v in tensors.items()}
-        if detect_format(stripped) == "bfl":
-            raise ParityError(
-                "LoRA keys use the 'diffusion_model.' prefix with original BFL module names (double_blocks/"
-                "single_blocks, fused qkv); diffusers loads none of them. Convert it to diffusers names "
-                "(transformer.transformer_blocks...) first", source=path)
-        return {f"transformer.{k}" if not k.startswith("transformer.") else k: v for k, v in stripped.items()}
+        if detect_format(stripped) != "bfl":  # diffusers module names under a diffusion_model. prefix
+            return {f"transformer.{k}" if not k.startswith("transformer.") else k: v for k, v in stripped.items()}
+        tensors = _bfl_as_kohya(tensors)
     from diffusers import FluxKontextPipeline
 
+    # float32 first, so the converters' alpha folding does not round in the file's dtype
+    upcast = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
-        converted = FluxKontextPipeline.lora_state_dict(dict(tensors))
+        converted = FluxKontextPipeline.lora_state_dict(upcast)
+    except AssertionError:  # _convert_to_ai_toolkit_cat: assert sum(dims) == up_weight.shape[0]
+        raise ParityError(
+            f"cannot convert a {fmt} LoRA: diffusers' converter splits each single_blocks linear1 into q, k, v "
+            "and MLP rows of FLUX.1's full size (3072+3072+3072+12288); this file's rows do not add up to that, "
+            "so it was made for a transformer of another size", source=path) from None
     except Exception as err:  # the converters raise bare errors on foreign layouts
-        raise ParityError(f"cannot convert a {fmt} LoRA: {err}", source=path) from None
+        raise ParityError(f"cannot convert a {fmt} LoRA: {type(err).__name__}: {err}", source=path) from None
     return converted[0] if isinstance(converted, tuple) else converted
 
 

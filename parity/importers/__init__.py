@@ -1,4 +1,4 @@
-"""Serving-API request bodies -> case files (`parity import REQUEST.json --format ...`).
+"""Serving-API request bodies and ComfyUI workflows -> case files (`parity import FILE --format ...`).
 
 A user who sees drift on a service has the request they sent; importing it gives the case
 that runs the same thing under that service's profile. Each module reads one API's JSON
@@ -6,6 +6,8 @@ body and validates it as the API does (required fields, ranges, enums), so a req
 API would refuse is refused here too, with the file and the field named. Media a request
 carries as base64 are written to disk; media it links (http(s) URLs) must already be on
 this machine, found by file name in --control-dir, because kontext-parity never downloads.
+LoRAs named by a bare file name (a ComfyUI workflow's) are found in --lora-dir; --base is written
+into the case file. A module may read its file itself (``read_body``: a ComfyUI PNG's text chunk).
 Converters load on demand, so importing this package (as the CLI does) stays cheap.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ import yaml
 from ..errors import ParityError, did_you_mean
 
 # --format value -> module in this package
-FORMATS = {"aitk-inference": "aitk_inference", "fal": "fal", "lumenfall": "lumenfall", "oxen": "oxen"}
+FORMATS = {"aitk-inference": "aitk_inference", "fal": "fal", "lumenfall": "lumenfall", "oxen": "oxen",
+           "comfyui": "comfyui"}
 IMAGE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 MISSING = object()
 
@@ -42,6 +45,7 @@ class Context:
     write_dir: Path  # where decoded media go when control_dir is not given
     out_dir: Path | None  # paths in the case file are relative to it (absolute without --out)
     notes: list[str] = field(default_factory=list)
+    lora_dir: Path | None = None  # where LoRAs named by file name are (ComfyUI's models/loras)
 
     def error(self, where: str, problem: str) -> ParityError:
         return ParityError(f"{where}: {problem}", source=self.source)
@@ -72,16 +76,22 @@ class Context:
         return self._ref(path)
 
     def file(self, value, where: str) -> str:
-        """A LoRA path or URL: a URL needs its local copy; anything else is written as given."""
+        """A LoRA path or URL: a URL needs its local copy; a relative path is looked up in --lora-dir when given;
+        anything else is written as given."""
         if not isinstance(value, str) or not value.strip():
             raise self.error(where, f"must be a path or URL, not {value!r}")
         value = value.strip()
         if _is_url(value):
             return self._ref(self._local_copy(value, where))
+        if self.lora_dir is not None and not Path(value).is_absolute():
+            path = self.lora_dir / value
+            if not path.is_file():
+                raise self.error(where, f'"{value}" is not in --lora-dir {self.lora_dir}')
+            return self._ref(path)
         base = self.out_dir or Path.cwd()
         if not (base / value).expanduser().is_file():
             self.note(f'{where} "{value}" is not a file here (paths are relative to the case file): '
-                      "copy the LoRA there or edit the path before `parity run`")
+                      "copy the LoRA there, pass --lora-dir or edit the path before `parity run`")
         return value
 
     def _local_copy(self, url: str, where: str) -> Path:
@@ -268,7 +278,8 @@ def per_image(case: dict, count: int, seed: int, ctx: Context) -> list[dict]:
 
 
 def import_request(path: str | Path, fmt: str, *, out: str | Path | None = None,
-                   control_dir: str | Path | None = None) -> tuple[str, list[str]]:
+                   control_dir: str | Path | None = None, lora_dir: str | Path | None = None,
+                   base: str | None = None) -> tuple[str, list[str]]:
     """Read a request file and return (case file YAML text, notes); writes decoded media to disk."""
     if fmt not in FORMATS:
         raise ParityError(f'unknown request format "{fmt}"{did_you_mean(fmt, FORMATS)}; '
@@ -276,27 +287,38 @@ def import_request(path: str | Path, fmt: str, *, out: str | Path | None = None,
     path = Path(path)
     if not path.is_file():
         raise ParityError("request file not found", source=path)
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ParityError(f"not valid JSON: {err}", source=path) from None
-    if control_dir is not None:
-        control_dir = Path(control_dir).expanduser()
-        if not control_dir.is_dir():
-            raise ParityError("--control-dir is not a folder", source=control_dir)
-    out_dir = Path(out).expanduser().resolve().parent if out else None
-    ctx = Context(source=str(path), stem=_slug(path.stem), control_dir=control_dir,
-                  write_dir=out_dir or Path.cwd(), out_dir=out_dir)
     module = import_module(f".{FORMATS[fmt]}", __name__)
+    body = module.read_body(path) if hasattr(module, "read_body") else read_json(path)
+    folders = {}
+    for option, folder in (("--control-dir", control_dir), ("--lora-dir", lora_dir)):
+        if folder is not None:
+            folder = Path(folder).expanduser()
+            if not folder.is_dir():
+                raise ParityError(f"{option} is not a folder", source=folder)
+        folders[option] = folder
+    out_dir = Path(out).expanduser().resolve().parent if out else None
+    ctx = Context(source=str(path), stem=_slug(path.stem), control_dir=folders["--control-dir"],
+                  write_dir=out_dir or Path.cwd(), out_dir=out_dir, lora_dir=folders["--lora-dir"])
     cases = module.convert(Fields(body, ctx), ctx)
     for case in cases:
         case.setdefault("tags", {}).update({"request": path.name, "request_format": fmt})
-    header = (f"# `parity import --format {fmt} {path.name}`: the request as cases of the `{module.PROFILE}` "
+    if base and Path(base).expanduser().is_dir():  # a local folder: absolute, so the case file runs from anywhere
+        base = str(Path(base).expanduser().resolve())
+    kind = getattr(module, "KIND", "request")
+    header = (f"# `parity import --format {fmt} {path.name}`: the {kind} as cases of the `{module.PROFILE}` "
               "profile.\n# On the real model: parity run THIS_FILE --base black-forest-labs/FLUX.1-Kontext-dev\n")
-    description = f"{module.API} request {path.name}" + ("; " + "; ".join(ctx.notes) if ctx.notes else "")
-    text = yaml.safe_dump({"description": description, "cases": cases}, sort_keys=False, allow_unicode=True,
-                          width=120)
+    description = f"{module.API} {kind} {path.name}" + ("; " + "; ".join(ctx.notes) if ctx.notes else "")
+    data = {"description": description, **({"base": base} if base else {}), "cases": cases}
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
     return header + text, ctx.notes
+
+
+def read_json(path: Path):
+    """A request file's JSON (only ever parsed as JSON)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ParityError(f"not valid JSON: {err}", source=path) from None
 
 
 def _slug(text: str) -> str:

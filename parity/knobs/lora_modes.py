@@ -5,6 +5,8 @@
 - fused: PEFT merges delta into the weights (``fuse_lora``); the engine restores the exact base after.
 - branch: AI Toolkit's unmerged forward (quantized bases, or a batch with mixed multipliers).
 - merged_fp32: AI Toolkit's merge into an unquantized base, written back in the base dtype.
+- patched_fp32: ComfyUI's ModelPatcher: merged in float32, rounded back into the stored dtype
+  (stochastically into fp8, per fused BFL tensor).
 
 The registered functions apply a mode to a pipeline through ``parity.engine.lora.LoraApplier``
 and return the callable that undoes it; ``lora_merged_fp32`` and ``lora_branch`` are AI Toolkit's
@@ -123,3 +125,74 @@ def apply_branch(target, items) -> Callable[[], None]:
                 lambda mod, args, out, d=d, u=u, s=float(scale), a=lora.alpha_scale(module):
                 lora_branch(args[0], out, d, u, s, a)))
     return lambda: [hook.remove() for hook in hooks]
+
+
+def lora_patched_fp32(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, strength: float,
+                      alpha_scale: float = 1.0) -> torch.Tensor:
+    """ComfyUI's LoRA patch of one weight, in float32 and not yet rounded back.
+
+    comfy/weight_adapter/lora.py:161-208: up and down cast to float32, ``weight += (strength * alpha) *
+    (up @ down)`` on a float32 copy of the weight (comfy/model_patcher.py:605-612); alpha is alpha/rank,
+    1.0 when the file has no alpha.
+    """
+    return weight.float() + (float(strength) * float(alpha_scale)) * (up.float() @ down.float())
+
+
+@register("lora_mode", "patched_fp32")
+def apply_patched_fp32(target, items) -> Callable[[], None]:
+    """ComfyUI LoraLoader: W + (strength*alpha)*(B@A) in float32, rounded to the stored dtype (fp8: stochastic)."""
+    modules = {m for lora, _ in items for m in lora.modules}
+    storage = getattr(target.transformer, "_parity_storage", None)
+    if storage is not None:  # fp8: ComfyUI patches and rounds whole fused BFL tensors, seeded by their key
+        from ..engine.bfl_layout import owner_of
+
+        owner = owner_of(storage.layout)
+        modules |= {p.module for m in modules if m in owner for p in storage.layout[owner[m]]}
+    restore = target.snapshot(modules)
+    try:
+        with torch.no_grad():
+            patched = {}
+            for lora, scale in items:
+                for module, (down, up) in lora.modules.items():
+                    weight = patched.get(module, target.linear(module).weight)
+                    d, u = down.to(weight.device), up.to(weight.device)
+                    patched[module] = lora_patched_fp32(weight, d, u, float(scale), lora.alpha_scale(module))
+            if storage is None:
+                for module, weight in patched.items():
+                    linear = target.linear(module)
+                    linear.weight.copy_(weight.to(linear.weight.dtype))
+            else:
+                _round_fp8_fused(target, storage, patched)
+    except BaseException:
+        restore()
+        raise
+    return restore
+
+
+def _round_fp8_fused(target, storage, patched: dict) -> None:
+    """Round each BFL tensor a patch touched back into fp8, stochastically with the CRC32 of its key as
+    seed (comfy/model_patcher.py:41 and :617, comfy/float.py:50-67); scaled fp8 divides by the tensor's
+    scale first and multiplies back after (comfy/ops.py set_weight / convert_weight)."""
+    import zlib
+
+    from ..engine.bfl_layout import gather, owner_of, scatter
+    from ..engine.quantize import stochastic_round_fp8
+
+    owner = owner_of(storage.layout)
+    for key in sorted({owner[m] for m in patched if m in owner}):
+        pieces = storage.layout[key]
+        current = {p.module: patched.get(p.module, target.linear(p.module).weight).float() for p in pieces}
+        fused = gather(current, pieces)
+        scale = storage.scales.get(key)
+        if scale is not None:
+            fused = fused / scale
+        rounded = stochastic_round_fp8(fused, storage.dtype, zlib.crc32(key.encode()))
+        compute = target.linear(pieces[0].module).weight.dtype
+        value = rounded.to(compute)
+        if scale is not None:
+            value = value * torch.tensor(scale, dtype=torch.float32).to(compute)
+        for module, weight in scatter(value, pieces, current).items():
+            target.linear(module).weight.copy_(weight)
+    for module in patched:
+        if module not in owner:  # a module with no BFL counterpart: rounded to nearest
+            target.linear(module).weight.copy_(patched[module].to(target.linear(module).weight.dtype))

@@ -1,17 +1,23 @@
 """Snapping rules: how a requested width/height becomes the size handed to the pipeline.
 
 The pipeline then applies its own ``max_area`` rescale and floors to 16
-(``pipeline_output_size``), exactly as diffusers' FluxKontextPipeline does.
+(``pipeline_output_size``), exactly as diffusers' FluxKontextPipeline does; with the
+``latent_padding`` knob at ``circular`` it floors to 8 instead, as ComfyUI's latents allow.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 from ..errors import ParityError
 from .registry import describe_family, register
 
 describe_family("snap", "requested width/height -> size passed to the pipeline")
 describe_family("size_source", "where the requested width/height come from (the request or the control image)")
+describe_family("latent_padding", "which output sizes the latent grid allows, and how odd latent sides meet the 2x2 patches")
 
 # FLUX.1-Kontext-dev's preferred resolutions (diffusers PREFERRED_KONTEXT_RESOLUTIONS), as (width, height).
 PREFERRED_KONTEXT_RESOLUTIONS = (
@@ -57,12 +63,44 @@ def snap_none(width: int, height: int) -> tuple[int, int]:
     return width, height
 
 
-def pipeline_output_size(width: int, height: int, max_area: int) -> tuple[int, int]:
-    """diffusers' Kontext rule: rescale to max_area keeping the requested aspect, floor to 16."""
+def pipeline_output_size(width: int, height: int, max_area: int, align: int = 16) -> tuple[int, int]:
+    """diffusers' Kontext rule: rescale to max_area keeping the requested aspect, floor to 16 (``align``)."""
     aspect = width / height
     out_w = round((max_area * aspect) ** 0.5)
     out_h = round((max_area / aspect) ** 0.5)
-    return out_w // 16 * 16, out_h // 16 * 16
+    return out_w // align * align, out_h // align * align
+
+
+@dataclass(frozen=True)
+class LatentGrid:
+    """How output pixels map to the transformer's tokens (the VAE divides by 8, a patch is 2x2 latents)."""
+
+    pixel_align: int  # output sides are floored to a multiple of this
+    pad: Callable[[torch.Tensor], torch.Tensor]  # NCHW latents -> NCHW latents with even sides
+
+
+def _no_padding(latents: torch.Tensor) -> torch.Tensor:
+    return latents
+
+
+def _circular_padding(latents: torch.Tensor) -> torch.Tensor:
+    """An odd side gets one more row/column, copied from the opposite edge (torch's circular padding)."""
+    pad_h, pad_w = latents.shape[-2] % 2, latents.shape[-1] % 2
+    if not pad_h and not pad_w:
+        return latents
+    return torch.nn.functional.pad(latents, (0, pad_w, 0, pad_h), mode="circular")
+
+
+@register("latent_padding", "none")
+def grid_none() -> LatentGrid:
+    """Sides floored to 16 px, so latents always pack into 2x2 patches (diffusers)."""
+    return LatentGrid(16, _no_padding)
+
+
+@register("latent_padding", "circular")
+def grid_circular() -> LatentGrid:
+    """Sides floored to 8 px; an odd latent side is circular-padded each step, ids ceil, output cropped (ComfyUI)."""
+    return LatentGrid(8, _circular_padding)
 
 
 def preferred_resolution(width: int, height: int) -> tuple[int, int]:
