@@ -201,7 +201,8 @@ def check(run_dir, thresholds):
     """Gate RUN_DIR. Exit 0: every gated case passes; 1: a gated case is a mismatch or breaks a bound;
     2: errors (a case that did not run or has no row, nothing checked, unreadable results or thresholds)."""
     from .gate import check as check_rows
-    from .gate import load_thresholds, violation_table
+    from .gate import load_thresholds
+    from .format import violation_table
     from .report.rows import load_rows
     from .results import planned_cases
 

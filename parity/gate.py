@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ParityError, did_you_mean
-from .verdict import NOISE_K, VERDICTS, CaseVerdict, judge_rows, number
+from .files import metric_value
+from .format import fmt
+from .verdict import NOISE_K, VERDICTS, CaseVerdict, judge_rows
 from .yamlfile import read_yaml_mapping
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent / "thresholds" / "default.yaml"
@@ -39,11 +41,6 @@ SETTINGS = ("verdicts", "noise_k")
 LEVELS = ("defaults", "profiles", "cases")
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
-
-
-def metric_value(row: dict, column: str) -> float | None:
-    """A row's metric as a float: None when absent, NaN when unreadable ("inf"/"nan" strings are JSON's)."""
-    return number(row.get(column))
 
 
 def _glob(pattern: str) -> re.Pattern:
@@ -263,30 +260,3 @@ def _unused(rows: list[dict], thresholds: Thresholds) -> list[str]:
     notes += [f'thresholds case "{c}" matches no case{did_you_mean(c, names)}'
               for c in thresholds.cases if not any(c == n or _glob(c).fullmatch(n) for n in names)]
     return notes
-
-
-def fmt(value) -> str:
-    """Short, stable rendering of a metric value for tables and messages ("—" for none)."""
-    if value is None:
-        return "—"
-    if isinstance(value, (bool, int)):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def violation_table(violations: list[Violation], limit: int | None = None) -> str:
-    """Aligned plain-text columns: case, metric, value, threshold."""
-    shown = violations if limit is None else violations[:limit]
-    table = [("case", "metric", "value", "threshold")]
-    table += [(v.case, v.metric, _clip(fmt(v.value), 60), f"{v.threshold} ({v.rule})") for v in shown]
-    widths = [max(len(r[i]) for r in table) for i in range(3)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in table]
-    if len(shown) < len(violations):
-        lines.append(f"... and {len(violations) - len(shown)} more")
-    return "\n".join(lines)
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -8,64 +8,19 @@ regenerated atomically from it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 from .errors import ParityError
+from .files import PARTIAL, json_safe, write_atomic
 
 ROWS = "results.jsonl"
 ROW_START = '{"name": '  # every row is written with its name first
-PARTIAL = ".partial"  # suffix of a write that a kill interrupted before its rename
 PLAN = "plan.json"  # the plan of the newest run into the folder
 SHARD = re.compile(r"results-rank(\d+)\.jsonl")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside the target, fsync, then rename over it.
-
-    A full disk or a folder that turned read-only is the user's to fix: a ParityError naming the file.
-    """
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise ParityError(f"cannot write: {err.strerror or err}", source=path) from None
-        raise
-
-
-def json_safe(value):
-    """Non-finite floats spelled "inf"/"-inf"/"nan" (strict JSON has none; float() reads them back)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
-def safe_name(name: str) -> str:
-    """A case name as a file name: readable, no path separators."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_")[:120] or "case"
 
 
 class ResultsStore:
@@ -142,7 +97,7 @@ class ResultsStore:
         frame = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
                               for r in rows])
         paths = {"csv": self.dir / "results.csv", "json": self.dir / "results.json"}
-        write_atomic(paths["csv"], frame.to_csv(index=False))
+        write_atomic(paths["csv"], frame.map(spreadsheet_safe).to_csv(index=False))
         write_atomic(paths["json"], json.dumps(json_safe(rows), indent=1, default=str))
         try:
             import io
@@ -154,6 +109,15 @@ class ResultsStore:
         except ImportError:
             pass
         return paths
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell no spreadsheet runs as a formula: text starting with = + - @ tab or CR gets a leading
+    apostrophe (prompts and case names are user text; results.json keeps them as they are)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def row_files(run_dir: str | Path) -> list[Path]:
@@ -244,20 +208,3 @@ def read_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
                 continue
             rows.append(row)
     return rows
-
-
-def file_digest(path: str | Path, _cache: dict = {}) -> str:
-    """sha256 of a file's bytes, memoised per (path, size, mtime) for the life of the process."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        return "missing"
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _cache[key] = digest.hexdigest()[:16]
-    return _cache[key]

@@ -30,7 +30,8 @@ from .hardware import fingerprint, row_columns
 from .imaging import conversion_notes, open_image
 from .knobs.encoding import EXTENSIONS
 from .plan import Plan
-from .results import PLAN, ResultsStore, file_digest, safe_name, write_atomic
+from .files import file_digest, safe_name, write_atomic
+from .results import PLAN, ResultsStore
 from .verdict import lora_gap_fraction
 
 
@@ -141,6 +142,10 @@ class Runner:
         shard = self.shard
         cases = plan.cases if shard is None else [c for i, c in enumerate(plan.cases) if i % shard[1] == shard[0]]
         check_inputs(cases)
+        if self.metrics and any(case.preview for case in cases):
+            from .metrics.weights import checkpoint_path
+
+            checkpoint_path(self.lpips_net)  # a missing LPIPS install fails now, not after the first case
         base, device = self.engine.base, str(self.engine.device)
         write_atomic(self.store.dir / PLAN, json.dumps(
             {"source": plan.source, "base": base, "cases": [c.to_dict() for c in plan.cases]}, indent=1))

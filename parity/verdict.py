@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .files import number
+
 VERDICTS = ("exact", "noise", "mismatch")
 NOISE_K = 2.0
 ROUNDING_MEAN = 0.05  # mean abs a uint8 rounding flip in a few pixels can add
@@ -38,16 +40,6 @@ ROUNDING_MAX = 1.0
 ROUNDING_EXCESS = 0.02  # jpeg_excess of a JPEG's own original: 0.003 on the demo (integer colour conversion)
 GAP_METRICS = ("ssim", "lpips", "psnr", "mean_abs", "max_abs")
 NOISE_COLUMNS = ("noise_mean_abs", "noise_max_abs", "noise_jpeg_excess", "noise_ssim", "noise_lpips")
-
-
-def number(value) -> float | None:
-    """A row value as a float: None when absent, NaN when unreadable ("inf"/"nan" strings are JSON's)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def gap(row: dict) -> dict[str, float | None]:

@@ -25,7 +25,7 @@ from parity.metrics import (
     ssim_map,
 )
 from parity.metrics.jpeg import ANNEX_K_CHROMINANCE, ANNEX_K_LUMINANCE
-from parity.results import json_safe
+from parity.files import json_safe
 
 torch.set_num_threads(1)
 

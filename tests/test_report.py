@@ -15,7 +15,7 @@ from parity.errors import ParityError
 from parity.report import write_reports
 from parity.report.attribution import ablation_deltas, attribution
 from parity.report.rows import load_rows
-from parity.results import ResultsStore
+from parity.results import PLAN, ResultsStore
 
 XSS_NAME = "tiny/<script>alert(1)</script>/aitk-preview"
 XSS_PROMPT = '"quotes" & <b>'
@@ -42,9 +42,10 @@ def row(name: str, *, lpips=0.02, ssim=0.97, preview=True, **extra) -> dict:
 
 
 def make_run(root: Path, rows: list[dict]) -> Path:
-    """A run folder holding ``rows`` and their images; previews live outside it, as in real runs."""
+    """A run folder holding ``rows``, their images and the plan; previews live outside it, as in real runs."""
     run = root / "run"
     store = ResultsStore(run)
+    planned = []
     for i, data in enumerate(rows):
         data = dict(data)
         if data["status"] == "ok":
@@ -64,6 +65,9 @@ def make_run(root: Path, rows: list[dict]) -> Path:
                 _png(run / data["heatmap_file"], (250, 220, 0))
                 _png(run / data["ssim_map_file"], (0, 120, 120))
         store.append(data)
+        planned.append({"name": data["name"], "preview": data.get("preview_file") or None,
+                        "gated": data.get("gated", True)})
+    (run / PLAN).write_text(json.dumps({"source": "cases.yaml", "cases": planned}))
     return run
 
 
@@ -125,7 +129,8 @@ def test_user_strings_are_escaped_everywhere(run_dir):
     assert "<b>not</b>" not in page and "LoRA &lt;b&gt;not&lt;/b&gt; found &amp; gone" in page
     assert page.count("<script>") == 1  # only the page's own
     markdown = paths["markdown"].read_text()
-    assert "<script>" not in markdown and "&lt;script>alert(1)&lt;/script>" in markdown and "<b>" not in markdown
+    assert "<script>" not in markdown and "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in markdown
+    assert "<b>" not in markdown
     junit = ET.parse(paths["junit"])  # parses: the XML escaped it
     assert any(case.get("name") == XSS_NAME for case in junit.iter("testcase"))
 
@@ -154,9 +159,9 @@ def test_markdown_has_gate_worst_cases_and_attribution(run_dir):
     assert "**gate ERROR: 4 pass, 1 fail, 1 error, 6 not gated (gated verdicts: 3 noise, 1 mismatch)**" in text
     assert "| gated cases | 0 | 3 | 1 |" in text
     worst = text.split("## Worst cases by LPIPS")[1].split("##")[0]
-    assert worst.index("diffusers-default") < worst.index("000000010_2/aitk-preview")
+    assert worst.index("diffusers-default") < worst.index("000000010\\_2/aitk-preview")  # _ escaped
     attribution_table = text.split("## What drives the mismatch")[1]
-    assert attribution_table.index("guidance") < attribution_table.index("control_resize")
+    assert attribution_table.index("guidance") < attribution_table.index("control\\_resize")
     assert "## Errors" in text
 
 
@@ -269,3 +274,38 @@ def test_case_warnings_are_shown_escaped(tmp_path):
     page = write_reports(run)["html"].read_text()
     assert '<ul class="warnings"><li>control image: mode RGBA &lt;with&gt; &#34;transparent&#34; pixels</li></ul>' in page
     assert page.count('<ul class="warnings">') == 1
+
+
+def test_a_results_row_cannot_pull_outside_files_into_the_report(tmp_path):
+    """A results file from someone else names a secret as its preview: it is not copied into report_assets."""
+    secret = tmp_path / "home" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
+    text_secret = tmp_path / "home" / "id_rsa"
+    text_secret.write_text("PRIVATE KEY")
+    run = make_run(tmp_path, [row("a"), row("b"), row("c")])
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows[1]["preview_file"], rows[2]["preview_file"] = str(secret), str(text_secret)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_reports(run)
+    copies = list((run / "report_assets" / "previews").iterdir())
+    assert len(copies) == 1  # the genuine preview of "a", from the plan's preview folder
+    assert all(c.read_bytes() not in (secret.read_bytes(), b"PRIVATE KEY") for c in copies)
+
+
+def test_csv_cells_never_start_a_formula(tmp_path):
+    import pandas as pd
+
+    run = make_run(tmp_path, [row("=HYPERLINK(\"http://x\")", prompt="+cmd|' /C calc'!A0"), row("b", prompt="-2+3")])
+    ResultsStore(run).write_tables()
+    frame = pd.read_csv(run / "results.csv")
+    assert list(frame["name"])[0].startswith("'=") and all(p.startswith("'") for p in frame["prompt"])
+    assert json.loads((run / "results.json").read_text())[0]["name"].startswith("=")  # JSON keeps the text
+
+
+def test_markdown_cells_escape_everything_markdown_means():
+    from parity.report.markdown import cell
+
+    assert cell("**bold** [link](http://x) @user #12 `code` a|b ~x~ <img>") == \
+        "\\*\\*bold\\*\\* \\[link\\]\\(http\\://x\\) \\@user \\#12 \\`code\\` a\\|b \\~x\\~ &lt;img&gt;"
+    assert cell(0.25) == "0.25" and cell("line\nbreak") == "line break"

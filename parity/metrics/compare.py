@@ -99,6 +99,6 @@ def compare(output: Image.Image, preview: Image.Image, *, raw: Image.Image | Non
     matched, so the difference between the two sets is compression alone (an exact reproduction
     scores floor_ssim 1 and floor_psnr inf); jpeg_excess is the gap the preview can resolve (see
     ``parity.metrics.jpeg``: 0 for the preview's own original, ~0.1 for another CPU's rounding). psnr is ``math.inf`` for identical pixels;
-    ``parity.results.json_safe`` spells it for strict JSON.
+    ``parity.files.json_safe`` spells it for strict JSON.
     """
     return compare_with_pictures(output, preview, raw=raw, lpips_net=lpips_net, device=device)[0]

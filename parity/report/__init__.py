@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ParityError
 from ..gate import load_thresholds
-from ..results import write_atomic
+from ..files import write_atomic
 from . import charts, html, junit, markdown, text
 from .data import build
 from .rows import load_rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from ..gate import metric_value
+from ..files import metric_value
 
 GROUP_TAGS = ("tag_run", "tag_step", "tag_prompt_index")
 

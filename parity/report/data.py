@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..gate import GateResult, Thresholds, check, metric_value
+from ..files import metric_value
+from ..gate import GateResult, Thresholds, check
 from ..results import planned_cases
 from .attribution import ablation_deltas, attribution, value_effects
 

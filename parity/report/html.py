@@ -11,8 +11,9 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ..gate import fmt, metric_value
-from .assets import case_images
+from ..files import metric_value
+from ..format import fmt
+from .assets import case_images, preview_roots
 from .data import ReportData
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -48,6 +49,7 @@ def _environment() -> Environment:
 
 def _cases(data: ReportData) -> list[dict]:
     verdicts = data.gate.by_name()
+    roots = preview_roots(data.run_dir)
     return [{
         "anchor": f"case-{i}",
         "row": row,
@@ -55,7 +57,7 @@ def _cases(data: ReportData) -> list[dict]:
         "gate": GATE_LABELS[verdicts[row["name"]].status],
         "verdict": verdicts[row["name"]].verdict,
         "metrics": {column: metric_value(row, column) for column, _ in CARD_METRICS},
-        "images": case_images(data.run_dir, row),
+        "images": case_images(data.run_dir, row, roots),
         "delta": data.delta_of(row["name"]),
         "small": (metric_value(row, "eff_width") or SMALL) < SMALL,
     } for i, row in enumerate(data.rows)]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from ..gate import GateCase, fmt, metric_value
+from ..files import metric_value
+from ..gate import GateCase
+from ..format import fmt
 from .data import ReportData
 
 SHOWN = ("ssim", "lpips", "psnr", "floor_ssim", "floor_lpips", "floor_psnr", "noise_mean_abs", "noise_max_abs",

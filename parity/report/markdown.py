@@ -1,23 +1,31 @@
 """summary.md: the gate result, counts, worst cases and attribution for CI logs and pull requests.
 
-Cells are escaped for GitHub-flavoured Markdown: "|" would split a table cell, and a "<" that
-could open an HTML tag (one followed by a letter, "/", "!" or "?") would let a prompt or case
-name inject HTML into a rendered PR comment. Other characters stay as typed, for readable logs.
+Every cell is user text as far as Markdown is concerned (prompts, case names, paths, error
+messages): HTML characters become entities, and every character that Markdown or GitHub gives a
+meaning inside a table cell (emphasis, code, links, images, cell breaks, strikethrough, autolinks,
+@mentions, #references)
+is backslash-escaped, so a prompt can neither inject HTML nor restyle, link or ping anything in a
+rendered PR comment. Line breaks are folded to spaces.
 """
 from __future__ import annotations
 
 import re
 
-from ..gate import fmt, metric_value
+from ..files import metric_value
+from ..format import fmt
 from .data import ReportData
 
 WORST = 10
-TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
+HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#|~@:])")
 
 
 def cell(value) -> str:
+    if isinstance(value, (int, float)):  # numbers as numbers: nothing in them is Markdown
+        return fmt(value)
     text = " ".join(fmt(value).split())
-    return TAG_OPEN.sub("&lt;", text).replace("|", "\\|")
+    text = "".join(HTML.get(ch, ch) for ch in text)
+    return MARKDOWN.sub(r"\\\1", text)
 
 
 def _table(header: tuple, rows: list[tuple]) -> list[str]:

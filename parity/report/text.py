@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..gate import fmt, metric_value, violation_table
+from ..files import metric_value
+from ..format import fmt, violation_table
 from .data import ReportData
 
 MAX_VIOLATIONS = 5
