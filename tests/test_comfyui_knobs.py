@@ -150,12 +150,15 @@ def _gradient(width: int, height: int) -> Image.Image:
 def test_vae_encode_crop_to_eight_is_centred_like_comfyui():
     step = lookup("control_encode", "crop8")()
     image = _gradient(90, 150)
-    out = step.apply(image, True, "nearest")
+    assert step.size(image.size, True) == (88, 144)
+    out = step.apply(image, step.size(image.size, True), "nearest")
     assert out.size == (88, 144)
     assert np.array_equal(np.asarray(out), np.asarray(image)[3:147, 1:89])  # offset (side % 8) // 2
     exact = _gradient(64, 48)
-    assert step.apply(exact, False, "lanczos") is exact
-    assert lookup("control_encode", "resize16")().apply(image, False, "lanczos").size == (80, 144)
+    assert step.apply(exact, step.size(exact.size, False), "lanczos") is exact
+    resize16 = lookup("control_encode", "resize16")()
+    assert resize16.size(image.size, False) == (80, 144)
+    assert resize16.apply(image, (80, 144), "lanczos").size == (80, 144)
 
 
 def test_crop_then_resize_crops_to_the_target_aspect_first():

@@ -6,7 +6,6 @@ encodings cached, and every knob applied where it acts.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from functools import partial
 from dataclasses import dataclass, field
@@ -17,17 +16,19 @@ from PIL import Image
 
 from ..case import Case
 from ..errors import ParityError
-from ..imaging import header_size, open_image
+from ..files import file_digest
+from ..imaging import exif_orientation, open_image
 from ..knobs import lookup
 from ..knobs.control import prepare_control
 from ..knobs.schedule import mu_for_tokens, time_shift
-from ..knobs.sizing import pipeline_output_size
+from ..knobs.sizing import size_plan
 from ..knobs.text import T5_MAX_TOKENS, apply_token_weights
 from .loader import DTYPES, load_pipeline, load_text_encoders, pick_device, resolve_base
 from .lora import LoraApplier, LoraFile, load_lora_file
 from .timing import StageTimer, peak_memory, reset_peak_memory
 
 SHOWN_CHARS = 80  # of a truncated prompt's dropped end, in a warning
+CONTROL_SOURCES = 64  # decoded control images kept (each case of a preview shares one; a run uses a few)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Engine:
         self._lora_files: dict[tuple[str, str], LoraFile] = {}
         self._prompt_cache: dict[tuple, tuple] = {}
         self._control_cache: dict[tuple, tuple] = {}
+        self._control_sources: dict[tuple[str, str], ControlSource] = {}
         self._text_encoders: dict[tuple, tuple] = {}
         self._exact_timestep = None  # what the time embedding gets instead of the transformer's cast (timestep_dtype)
         self.counters = {"transformer_calls": 0, "pipelines_loaded": 0, "lora_files_read": 0}
@@ -133,18 +135,10 @@ class Engine:
         sampler = lookup("sampler", case.sampler)()
         grid = lookup("latent_padding", case.latent_padding)()
 
-        control_size = None
-        if case.control_image:
-            control_size = header_size(case.control_image, "control image", exif_transposed=case.control_exif_transpose)
-        asked = lookup("size_source", case.size_source)(case.width, case.height, control_size)
-        requested = lookup("snap", case.snap)(*asked)
-        max_area = case.max_area if case.max_area is not None else requested[0] * requested[1]
-        out_w, out_h = pipeline_output_size(requested[0], requested[1], max_area, grid.pixel_align)
-        if out_w < grid.pixel_align or out_h < grid.pixel_align:
-            raise ParityError(f'case "{case.name}": output size {out_w}x{out_h} is too small '
-                              f"({grid.pixel_align} px minimum)")
-        effective = {"requested_width": requested[0], "requested_height": requested[1], "max_area": max_area,
-                     "width": out_w, "height": out_h}
+        source = self._control_source(case.control_image) if case.control_image else None
+        sizes = size_plan(case, source.size(case.control_exif_transpose) if source else None)
+        out_w, out_h = sizes.output
+        effective = sizes.effective()
 
         with torch.no_grad(), applier.applied(loras):
             with timer.stage("text_encode"):
@@ -163,7 +157,7 @@ class Engine:
             if case.control_image:
                 with timer.stage("control_encode"):
                     control_image, image_latents, image_ids, trace = self._encode_control(
-                        pipe, case, requested, (out_w, out_h), model_dtype, device, asked=tuple(asked))
+                        pipe, case, sizes, source, model_dtype, device)
                 effective.update(trace)
 
             generator = lookup("generator", case.generator)(case.seed, device)
@@ -265,22 +259,23 @@ class Engine:
             self._prompt_cache[key] = value
         return value
 
-    def _encode_control(self, pipe, case: Case, requested, output, dtype, device, asked=None):
-        path = Path(case.control_image)
-        data = _read_bytes(path, "control image")
+    def _control_source(self, path: str) -> "ControlSource":
+        """A control image file, read, hashed and decoded once for all the cases that use it."""
+        key = (str(Path(path).resolve()), file_digest(path))
+        if key not in self._control_sources:
+            if len(self._control_sources) >= CONTROL_SOURCES:
+                self._control_sources.pop(next(iter(self._control_sources)))
+            self._control_sources[key] = ControlSource(key[1], open_image(path, "control image"))
+        return self._control_sources[key]
+
+    def _encode_control(self, pipe, case: Case, sizes, source: "ControlSource", dtype, device):
         knobs = (case.control_exif_transpose, case.control_alpha, case.control_target, case.control_resize,
                  case.control_fit, case.control_auto_resize, case.control_pipeline_resize, case.control_encode,
                  case.latent_dtype, case.latent_padding)
-        key = (hashlib.sha256(data).hexdigest(), tuple(requested), tuple(output), asked, knobs, case.dtype,
-               case.quantize, case.channels_last)
+        key = (source.digest, sizes, knobs, case.dtype, case.quantize, case.channels_last)
         if self.cache_encodings and key in self._control_cache:
             return self._control_cache[key]
-        image = open_image(path, "control image")
-        handed, encoded, trace = prepare_control(
-            image, exif_transpose=case.control_exif_transpose, alpha=case.control_alpha,
-            target=case.control_target, resize=case.control_resize, fit=case.control_fit,
-            auto_resize=case.control_auto_resize, pipeline_resize=case.control_pipeline_resize,
-            requested=tuple(requested), output=tuple(output), asked=asked, encode=case.control_encode)
+        handed, encoded, trace = prepare_control(source.image, case, sizes)
         # The pipeline's own preprocessing: same values AND same memory layout, which picks the conv kernels.
         # Its resize step is left out: it floors to 16 (a no-op for diffusers' sizes, wrong for ComfyUI's x8).
         processor = pipe.image_processor
@@ -355,10 +350,14 @@ class Engine:
         return lookup("output_uint8", case.output_uint8)(image)
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    if not path.is_file():
-        raise ParityError(f"{what} not found", source=path)
-    data = path.read_bytes()
-    if not data:
-        raise ParityError(f"{what} is empty", source=path)
-    return data
+@dataclass(frozen=True)
+class ControlSource:
+    """A decoded control image and the digest of its file's bytes."""
+
+    digest: str
+    image: Image.Image
+
+    def size(self, exif_transposed: bool) -> tuple[int, int]:
+        """Its size, turned a quarter when an EXIF transpose will turn it."""
+        width, height = self.image.size
+        return (height, width) if exif_transposed and exif_orientation(self.image) in (5, 6, 7, 8) else (width, height)

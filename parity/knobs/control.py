@@ -145,78 +145,80 @@ def target_preferred(requested: tuple[int, int], output: tuple[int, int], asked=
 
 @dataclass(frozen=True)
 class EncodeStep:
-    """The pipeline's last step before the VAE: the smallest side it accepts and what it does."""
+    """The pipeline's last step before the VAE: the smallest side it accepts, the size it encodes at
+    and how it gets there."""
 
     floor: int  # sides are floored to a multiple of this, so a smaller side leaves no pixel
-    apply: Callable[[Image.Image, bool, str], Image.Image]  # (image, auto_resize, resize filter) -> encoded
+    size: Callable[[tuple[int, int], bool], tuple[int, int]]  # (handed size, auto_resize) -> encoded size
+    apply: Callable[[Image.Image, tuple[int, int], str], Image.Image]  # (image, encoded size, filter) -> encoded
 
 
-def _resize16(image: Image.Image, auto_resize: bool, resize: str) -> Image.Image:
-    from .registry import lookup
-
+def _resize16_size(size: tuple[int, int], auto_resize: bool) -> tuple[int, int]:
     # diffusers floors to 16 first, takes the aspect of that, then snaps and floors again.
-    width, height = image.width // 16 * 16, image.height // 16 * 16
+    width, height = size[0] // 16 * 16, size[1] // 16 * 16
     if auto_resize:
         width, height = preferred_resolution(width, height)
-    width, height = width // 16 * 16, height // 16 * 16
-    return lookup("resize", resize)(image, (width, height))
+    return width // 16 * 16, height // 16 * 16
 
 
-def _crop8(image: Image.Image, auto_resize: bool, resize: str) -> Image.Image:
-    width, height = image.width // 8 * 8, image.height // 8 * 8
-    if (width, height) == image.size:
+def _resize(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
+    from .registry import lookup
+
+    return lookup("resize", resize)(image, size)
+
+
+def _crop8_size(size: tuple[int, int], auto_resize: bool) -> tuple[int, int]:
+    return size[0] // 8 * 8, size[1] // 8 * 8
+
+
+def _crop(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
+    if tuple(size) == image.size:
         return image
     left, top = (image.width % 8) // 2, (image.height % 8) // 2  # comfy/sd.py:598-610
-    return image.crop((left, top, left + width, top + height))
+    return image.crop((left, top, left + size[0], top + size[1]))
 
 
 @register("control_encode", "resize16")
 def encode_resize16() -> EncodeStep:
     """diffusers: floor to 16, snap to a preferred resolution if control_auto_resize, resize (control_pipeline_resize)."""
-    return EncodeStep(16, _resize16)
+    return EncodeStep(16, _resize16_size, _resize)
 
 
 @register("control_encode", "crop8")
 def encode_crop8() -> EncodeStep:
     """ComfyUI VAEEncode: each side centre-cropped down to a multiple of 8, no resize (auto-resize knobs unused)."""
-    return EncodeStep(8, _crop8)
+    return EncodeStep(8, _crop8_size, _crop)
 
 
-def prepare_control(
-    image: Image.Image,
-    *,
-    exif_transpose: bool,
-    alpha: str,
-    target: str,
-    resize: str,
-    fit: str,
-    auto_resize: bool,
-    pipeline_resize: str,
-    requested: tuple[int, int],
-    output: tuple[int, int],
-    asked: tuple[int, int] | None = None,
-    encode: str = "resize16",
-) -> tuple[Image.Image, Image.Image, dict]:
-    """Run the chain; returns (image handed to the pipeline, image the VAE sees, a trace: sizes seen, the
-    file's mode, and notes on what becoming RGB changed, as AI Toolkit's convert("RGB") changes it too)."""
+def control_encode_size(case, handed: tuple[int, int]) -> tuple[int, int]:
+    """The size the VAE encodes a control image handed to the pipeline at ``handed`` (part of the size plan)."""
     from .registry import lookup
 
-    notes = conversion_notes(image, alpha_composited=alpha == "white" and _composites(image),
-                             exif_transposed=exif_transpose)
-    trace = {"control_file_size": list(image.size), "control_mode": image.mode, "control_notes": notes}
-    if exif_transpose:
-        image = ImageOps.exif_transpose(image)
-    image = lookup("alpha", alpha)(image)
-    size = lookup("control_target", target)(requested, output, asked=asked, image_size=image.size)
-    if size is not None and tuple(size) != image.size:
-        image = lookup("fit", fit)(image, tuple(size), lookup("resize", resize))
-    handed = image
-    step = lookup("control_encode", encode)()
-    if min(handed.size) < step.floor:  # flooring would leave no pixel (diffusers divides by zero)
-        after = f"resizing to the {target} size" if size is not None else "loading"
-        raise ParityError(f"control image {handed.width}x{handed.height} is smaller than {step.floor} px after "
+    step = lookup("control_encode", case.control_encode)()
+    if min(handed) < step.floor:  # flooring would leave no pixel (diffusers divides by zero)
+        after = "loading" if case.control_target == "none" else f"resizing to the {case.control_target} size"
+        raise ParityError(f"control image {handed[0]}x{handed[1]} is smaller than {step.floor} px after "
                           f"{after}: the pipeline floors each side to a multiple of {step.floor}")
+    return step.size(handed, case.control_auto_resize)
+
+
+def prepare_control(image: Image.Image, case, sizes) -> tuple[Image.Image, Image.Image, dict]:
+    """Run the chain for ``case`` with its size plan ``sizes``; returns (image handed to the pipeline, image
+    the VAE sees, a trace: sizes seen, the file's mode, and notes on what becoming RGB changed, as AI
+    Toolkit's convert("RGB") changes it too)."""
+    from .registry import lookup
+
+    notes = conversion_notes(image, alpha_composited=case.control_alpha == "white" and _composites(image),
+                             exif_transposed=case.control_exif_transpose)
+    trace = {"control_file_size": list(image.size), "control_mode": image.mode, "control_notes": notes}
+    if case.control_exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    image = lookup("alpha", case.control_alpha)(image)
+    if sizes.control_target is not None:
+        image = lookup("fit", case.control_fit)(image, sizes.control_target, lookup("resize", case.control_resize))
+    handed = image
     trace["control_size_passed"] = list(handed.size)
-    encoded = step.apply(handed, auto_resize, pipeline_resize)
+    encoded = lookup("control_encode", case.control_encode)().apply(handed, sizes.control_encoded,
+                                                                    case.control_pipeline_resize)
     trace["control_size_encoded"] = [encoded.width, encoded.height]
     return handed, encoded, trace
