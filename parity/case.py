@@ -170,11 +170,15 @@ class Case:
         data.update({f"tag_{k}": v for k, v in tags.items()})
         return data
 
-    def key(self) -> str:
-        """Stable id of everything that decides the output (name and gating excluded)."""
+    def key(self, pixels_only: bool = False) -> str:
+        """Stable id of everything that decides the output (name and gating excluded); ``pixels_only``:
+        of what decides the pipeline's pixels, so cases that differ only in how the output is encoded
+        (format, quality) share it."""
         data = self.to_dict()
         for skip in ("name", "gated", "tags", "preview", "base_preview"):
             data.pop(skip)
+        if pixels_only:
+            data.pop("output_format"), data.pop("output_quality")
         for f in fields(self):
             if f.metadata.get("keyed_if_set") and data[f.name] == f.default:
                 data.pop(f.name)

@@ -32,23 +32,61 @@ def main():
     """Measure how far a FLUX.1-Kontext inference setup drifts from AI Toolkit training previews."""
 
 
+SELECT_HELP = ('Only the cases whose names match EXPR: words (substrings, any case) with and / or / not and '
+               'parentheses, as pytest -k: -k "step20 and not ablation".')
+
+
+def select_option(command):
+    return click.option("-k", "select", default=None, metavar="EXPR", help=SELECT_HELP)(command)
+
+
+def plan_options(command):
+    """The options that decide a plan: where the previews and the model come from."""
+    for option in reversed([
+        click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Run folder for outputs and results (default: reports/<case file name>). Rerunning "
+                          "resumes."),
+        click.option("--base", default=None, help='Base model: a diffusers folder, a model id, or "embedded" (the '
+                     "tiny demo model). Default: the case file's `base`, else embedded."),
+        click.option("--previews", "previews", multiple=True, type=click.Path(exists=True, path_type=Path),
+                     help="AI Toolkit run folder (or samples/ folder with --config) whose previews to reproduce; "
+                          "repeatable; replaces the case file's previews.runs."),
+        click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="AI Toolkit job config, when --previews is a bare samples/ folder."),
+        click.option("--ctrl-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="Folder in which to find control images whose training-machine paths do not exist "
+                          "here."),
+        click.option("--unpaired", type=click.Choice(["error", "skip"]), default=None,
+                     help="A preview whose checkpoint is gone (AI Toolkit keeps only the newest saves): stop with "
+                          "an error (default) or skip it and say so."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps"),
+        select_option,
+    ]):
+        command = option(command)
+    return command
+
+
+def _load_plan(cases: Path, previews, config, ctrl_root, unpaired, select, *, show_notes: bool = True):
+    """The plan of a case file with the CLI's options, narrowed to the -k selection."""
+    from .plan import load_plan
+    from .select import compile_selection
+
+    plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
+                     ctrl_root=str(ctrl_root) if ctrl_root else None, unpaired=unpaired)
+    if show_notes:
+        for note in plan.notes:
+            click.echo(f"note: {note}", err=True)
+    if select:
+        pick = compile_selection(select)
+        plan.cases = [case for case in plan.cases if pick(case.name)]
+        if not plan.cases:
+            raise ParityError(f"-k {select!r} matches none of the {cases} cases", source=cases)
+    return plan
+
+
 @main.command()
 @click.argument("cases", type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder for outputs and results (default: reports/<case file name>). Rerunning resumes.")
-@click.option("--base", default=None, help='Base model: a diffusers folder, a model id, or "embedded" (the tiny '
-              "demo model). Default: the case file's `base`, else embedded.")
-@click.option("--previews", "previews", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="AI Toolkit run folder (or samples/ folder with --config) whose previews to reproduce; "
-                   "repeatable; replaces the case file's previews.runs.")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="AI Toolkit job config, when --previews is a bare samples/ folder.")
-@click.option("--ctrl-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder in which to find control images whose training-machine paths do not exist here.")
-@click.option("--unpaired", type=click.Choice(["error", "skip"]), default=None,
-              help="A preview whose checkpoint is gone (AI Toolkit keeps only the newest saves): stop with an "
-                   "error (default) or skip it and say so.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@plan_options
 @click.option("--offload", type=click.Choice(["none", "model", "sequential"]), default="none", show_default=True,
               help="CPU offload for GPUs with too little memory (diffusers model / sequential offload).")
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True,
@@ -71,29 +109,23 @@ def main():
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (CI logs).")
-def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload, lpips_net, no_metrics,
+def run(cases, out, base, previews, config, ctrl_root, unpaired, device, select, offload, lpips_net, no_metrics,
         serial_metrics, no_report, thresholds, no_gate, noise_floor, noise_scope, threads, no_progress):
     """Run the cases of CASES (a YAML case file), write images, a results table and reports, and gate.
 
     Exit 0: every gated case passes; 1: a gated case is a mismatch or breaks a bound; 2: errors (bad
-    input, a case that raised, nothing checked)."""
+    input, a case that raised, nothing checked). With -k, the run folder's plan becomes the selection."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     from .distributed import current_world, settle
-    from .plan import load_plan
-    from .runner import Runner
-
     from .gate import load_thresholds
+    from .runner import Runner
 
     limits = load_thresholds(thresholds)  # a bad thresholds file fails before an hour of generation
     world = current_world()
-    plan = load_plan(cases, previews=[str(p) for p in previews] or None, config=str(config) if config else None,
-                     ctrl_root=str(ctrl_root) if ctrl_root else None, unpaired=unpaired)
-    if world.is_main:
-        for note in plan.notes:
-            click.echo(f"note: {note}", err=True)
+    plan = _load_plan(cases, previews, config, ctrl_root, unpaired, select, show_notes=world.is_main)
     out = out or Path("reports") / cases.stem
     runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
                     progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard,
@@ -106,8 +138,9 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
         summary = runner.run(plan)
         floor = (f"; noise floor: {summary.noise_reruns} rerun(s), {summary.noise_seconds:.1f} s"
                  if summary.noise_reruns else "")
-        click.echo(f"computed {summary.computed}, resumed {summary.resumed} in {summary.seconds:.1f} s{floor}{where}",
-                   err=True)
+        reused = f" ({summary.reused} the same image as another case, drawn once)" if summary.reused else ""
+        click.echo(f"computed {summary.computed}{reused}, resumed {summary.resumed} in {summary.seconds:.1f} s"
+                   f"{floor}{where}", err=True)
         if summary.crashed:  # the others ran; the gate below reports them as errors
             failure_lines = "; ".join(summary.crashed[:3]) + (" ..." if len(summary.crashed) > 3 else "")
             click.secho(f"error: {len(summary.crashed)} case(s) raised: {failure_lines}", fg="red", err=True)
@@ -143,6 +176,48 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, offload
     elif no_gate:
         click.echo("note: --no-gate: the exit code ignores the verdicts", err=True)
     _exit_for(gate, gate_verdicts=not (no_gate or no_metrics or generation_only))
+
+
+@main.command("plan")
+@click.argument("cases", type=click.Path(path_type=Path))
+@plan_options
+@click.option("--calibrate", is_flag=True,
+              help="Without timings in the run folder, run one real case per pipeline variant into it first "
+                   "(a later run resumes them) so the estimate has something to scale.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads for --calibrate.")
+def plan_command(cases, out, base, previews, config, ctrl_root, unpaired, device, select, calibrate, threads):
+    """List what `parity run CASES` would do: every expanded case, whether it is computed, the same image as
+    another case (drawn once) or already done, and the estimated time of each stage. Loads no model."""
+    from .dryrun import COMPUTE, RESUMED, dry_run, summary
+    from .engine import Engine
+
+    plan = _load_plan(cases, previews, config, ctrl_root, unpaired, select)
+    out = out or Path("reports") / cases.stem
+    engine = Engine(base or plan.base, device=device)
+    planned, timed = dry_run(plan.cases, out, engine)
+    if calibrate and any(p.status == COMPUTE and not p.seconds for p in planned):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from .plan import Plan
+        from .runner import Runner
+
+        first = {}
+        for item in planned:
+            if item.status == COMPUTE:
+                first.setdefault(item.case.pipeline_variant(), item.case)
+        click.echo(f"calibrating: {len(first)} case(s) into {out}", err=True)
+        Runner(out, engine=engine, progress=False, metrics=False).run(Plan(plan.source, list(first.values())))
+        planned, timed = dry_run(plan.cases, out, engine)
+    width = max(len(p.case.name) for p in planned)
+    click.echo(f"{'case':{width}}  {'est. s':>7}  status")
+    for item in planned:
+        status = f"{item.status} {item.same_as}" if item.same_as else item.status
+        total = "" if item.status == RESUMED or item.total is None else f"{item.total:.2f}"
+        click.echo(f"{item.case.name:{width}}  {total:>7}  {status}")
+    for line in summary(planned, timed):
+        click.echo(line)
 
 
 def _exit_for(gate, *, gate_verdicts: bool = True) -> None:
@@ -187,27 +262,30 @@ THRESHOLDS_HELP = "Gate thresholds YAML (default: the shipped parity/thresholds/
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None, help=THRESHOLDS_HELP)
-def report(run_dir, thresholds):
+@select_option
+def report(run_dir, thresholds, select):
     """Regenerate report.html, summary.md and junit.xml of RUN_DIR from its results alone."""
     from .report import write_reports
 
-    click.echo(write_reports(run_dir, thresholds)["summary_text"])
+    click.echo(write_reports(run_dir, thresholds, select=select)["summary_text"])
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None, help=THRESHOLDS_HELP)
-def check(run_dir, thresholds):
+@select_option
+def check(run_dir, thresholds, select):
     """Gate RUN_DIR. Exit 0: every gated case passes; 1: a gated case is a mismatch or breaks a bound;
     2: errors (a case that did not run or has no row, nothing checked, unreadable results or thresholds)."""
+    from .format import violation_table
     from .gate import check as check_rows
     from .gate import load_thresholds
-    from .format import violation_table
     from .report.rows import load_rows
-    from .results import planned_cases
+    from .results import planned_cases, selected
 
     limits = load_thresholds(thresholds)
-    result = check_rows(load_rows(run_dir), limits, planned_cases(run_dir))
+    rows, planned = selected(load_rows(run_dir), planned_cases(run_dir), select)
+    result = check_rows(rows, limits, planned)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if result.violations:

@@ -163,6 +163,17 @@ def planned_cases(run_dir: str | Path) -> list[dict] | None:
         raise ParityError(f"cannot read the plan of the run: {err}", source=path) from None
 
 
+def selected(rows: list[dict], planned: list[dict] | None, expression: str | None):
+    """Rows and planned cases narrowed to the names matching a -k expression (``parity.select``)."""
+    from .select import compile_selection
+
+    pick = compile_selection(expression)
+    rows = [row for row in rows if pick(row["name"])]
+    if not rows:
+        raise ParityError(f"-k {expression!r} matches no case of the run")
+    return rows, None if planned is None else [case for case in planned if pick(case["name"])]
+
+
 def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
     """The newest row of each case of the run's plan, in first-seen order (a rerun after a fix
     replaces an error row). ``strict``: a row without a name or an ok/error status is an error

@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 import traceback
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +35,15 @@ from .files import file_digest, safe_name, write_atomic
 from .results import PLAN, ResultsStore
 from .verdict import lora_gap_fraction
 
+RENDERS_KEPT = 32  # results kept for identical cases later in the run (a preview's variants come together)
+
 
 @dataclass
 class RunSummary:
     run_dir: Path
     computed: int = 0
     resumed: int = 0
+    reused: int = 0  # computed from an identical case's pixels (same render key), not drawn again
     failed: int = 0
     crashed: list = field(default_factory=list)  # "case: ExceptionType: message" of cases that raised
     rows: list = field(default_factory=list)
@@ -49,13 +53,12 @@ class RunSummary:
 
 
 def run_key(case: Case, base: str, device: str) -> str:
-    """Identity of a result: every knob, the base, the bytes of every input file, the device type
+    """Identity of a result: every knob, its name, the base, the bytes of every input file, the device type
     (cpu/cuda/mps) and the torch and diffusers versions (outputs differ across any of them)."""
     import diffusers
     import torch
 
-    device_type = torch.device(device).type
-    parts = [case.key(), str(base), case.name, device_type, torch.__version__, diffusers.__version__]
+    parts = [case.key(), str(base), case.name, torch.device(device).type, torch.__version__, diffusers.__version__]
     for path in [case.control_image, case.preview, case.base_preview, *[l.path for l in case.loras]]:
         parts.append(file_digest(path) if path else "-")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
@@ -103,12 +106,13 @@ class Runner:
     def __init__(self, run_dir: str | Path, *, engine=None, base: str | None = None, device: str = "auto",
                  offload: str = "none", lpips_net: str = "alex", progress: bool = True, metrics: bool = True,
                  shard: tuple[int, int] | None = None, serial_metrics: bool = False, noise_floor: int = 1,
-                 noise_scope: str = "group", noise_k_for=None):
+                 noise_scope: str = "group", noise_k_for=None, reuse: bool = True):
         """``serial_metrics``: compare each case with its preview before the next case starts, so
         timings and memory are not inflated by the comparison (it matters on CPU); slower overall.
         ``noise_floor``: how many estimators measure the noise floor of gated cases (0: none);
         ``noise_scope``: "group" shares one floor among cases of one floor group, "case" measures each.
-        ``noise_k_for``: row -> k of the noise verdict written into the tables (the thresholds' own)."""
+        ``noise_k_for``: row -> k of the noise verdict written into the tables (the thresholds' own).
+        ``reuse``: draw each distinct image once (``Engine.render_key``); off, every case runs the pipeline."""
         if noise_scope not in noise.SCOPES:
             raise ParityError(f"noise scope must be one of {', '.join(noise.SCOPES)}, not {noise_scope!r}")
         self.shard = shard
@@ -116,8 +120,10 @@ class Runner:
         self.noise_floor = noise_floor
         self.noise_scope = noise_scope
         self.noise_k_for = noise_k_for
+        self.reuse = reuse
         self._floors: dict[str, dict] = {}  # floor group -> the noise_* columns measured for it
         self._effects: dict[tuple[str, str], dict] = {}  # (base preview, preview) -> lora_effect_* columns
+        self._renders: OrderedDict[str, object] = OrderedDict()  # render key -> the newest results drawn
         self._warned: dict[str, list[str]] = {}  # warning text -> cases that got it
         self.store = ResultsStore(run_dir, shard=shard[0] if shard else None)
         self._engine = engine
@@ -187,7 +193,10 @@ class Runner:
                     bar.set_postfix_str(case.name[-40:], refresh=False)
                     overlapped = comparing and pending is not None and not pending[0].done()
                     try:
-                        result = self.engine.run(case)
+                        pixels = self.engine.render_key(case) if self.reuse else None
+                        same = self._renders.get(pixels) if pixels else None
+                        result = self.engine.reencode(same, case) if same else self._render(case, pixels)
+                        summary.reused += same is not None
                         files = self._save(case, key, result)
                         preview = open_image(case.preview, "preview") if case.preview and self.metrics else None
                         noise_columns = self._noise(case, result, preview, summary) if preview else {}
@@ -199,6 +208,7 @@ class Runner:
                         self._crash(case, key, err, summary, bar)
                         continue
                     settle()
+                    files["same_as"] = same.case.name if same else None
                     pending = (pool.submit(self._row, case, key, result, files, overlapped, preview, noise_columns),
                                case, key)
                     comparing = preview is not None
@@ -215,6 +225,16 @@ class Runner:
                     self.store.write_tables(self.noise_k_for)
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _render(self, case: Case, pixels: str | None):
+        """Run the case and keep its result for the cases of the same render key still to come."""
+        result = self.engine.run(case)
+        if pixels is None:
+            return result
+        self._renders[pixels] = result
+        while len(self._renders) > RENDERS_KEPT:
+            self._renders.popitem(last=False)
+        return result
 
     def _finish(self, future: Future, case: Case, key: str, summary: RunSummary, bar) -> None:
         try:

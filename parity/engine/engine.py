@@ -6,6 +6,9 @@ encodings cached, and every knob applied where it acts.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections import OrderedDict
 from functools import partial
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from PIL import Image
 from ..case import Case
 from ..errors import ParityError
 from ..files import file_digest
-from ..imaging import exif_orientation, open_image
+from ..imaging import exif_orientation, has_transparent_pixels, open_image
 from ..knobs import lookup
 from ..knobs.control import prepare_control
 from ..knobs.schedule import mu_for_tokens, time_shift
@@ -136,7 +139,7 @@ class Engine:
         grid = lookup("latent_padding", case.latent_padding)()
 
         source = self._control_source(case.control_image) if case.control_image else None
-        sizes = size_plan(case, source.size(case.control_exif_transpose) if source else None)
+        sizes = self.sizes(case)
         out_w, out_h = sizes.output
         effective = sizes.effective()
 
@@ -209,6 +212,52 @@ class Engine:
         timings["time_total_s"] = round(sum(v for k, v in timings.items() if k.endswith("_s") and k != "time_steps_s"), 6)
         return RunResult(case, decoded, raw, encoded, control_image, timings, peak_memory(device), effective,
                          [lora.audit for lora, _, _ in loras])
+
+    def sizes(self, case: Case):
+        """The case's size plan (``parity.knobs.sizing.size_plan``) with its control image's real size."""
+        source = self._control_source(case.control_image) if case.control_image else None
+        return size_plan(case, source.size(case.control_exif_transpose) if source else None)
+
+    def render_key(self, case: Case) -> str:
+        """Identity of the pixels ``case`` draws: cases with one render key draw the same image, so it is
+        computed once. Knobs enter as what they decide for this case (the size plan's sizes instead of the
+        rules that lead to them; a control-image knob that has nothing to act on, such as alpha handling of
+        an opaque image or a resize filter with no resize, drops out), with the base, the device type, the
+        torch and diffusers versions and the bytes of the control image and LoRA files."""
+        import diffusers
+
+        data = case.to_dict()
+        for skip in ("name", "gated", "tags", "preview", "base_preview", "output_format", "output_quality",
+                     "width", "height", "size_source", "snap", "max_area", "control_target", "control_auto_resize"):
+            data.pop(skip)
+        source = self._control_source(case.control_image) if case.control_image else None
+        sizes = self.sizes(case)
+        data["sizes"] = [sizes.output, sizes.control_target, sizes.control_encoded]
+        control_knobs = [k for k in data if k.startswith("control_") and k != "control_image"]
+        if source is None:
+            for knob in control_knobs:
+                data.pop(knob)
+        else:
+            data["control_image"] = source.digest
+            if not has_transparent_pixels(source.image):
+                data.pop("control_alpha")  # drop and white agree on an opaque image
+            if exif_orientation(source.image) == 1:
+                data.pop("control_exif_transpose")
+            if sizes.control_target is None:
+                data.pop("control_resize"), data.pop("control_fit")  # no first resize
+            if sizes.control_encoded == sizes.control_handed:
+                data.pop("control_pipeline_resize")  # PIL returns an exact copy at the same size
+        data["loras"] = [[file_digest(lora["path"]), lora["scale"], lora["mode"]] for lora in data["loras"]]
+        parts = [json.dumps(data, sort_keys=True, default=str), self.base, self.device.type, torch.__version__,
+                 diffusers.__version__]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+    def reencode(self, result: RunResult, case: Case) -> RunResult:
+        """``result``'s pixels as ``case`` delivers them (its output format and quality): a case that draws
+        the same image as one already drawn costs only its encoding."""
+        encoded, decoded = lookup("output_format", case.output_format)(result.raw_image, case.output_quality)
+        return dataclasses.replace(result, case=case, image=decoded, encoded=encoded,
+                                   effective={**result.effective, "output_bytes": len(encoded)})
 
     def _set_attention(self, pipe, name: str) -> None:
         """Set explicitly for every case: resetting does not bring every kernel choice back."""

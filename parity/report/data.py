@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..files import metric_value
 from ..gate import GateResult, Thresholds, check
-from ..results import planned_cases
 from .attribution import ablation_deltas, attribution, value_effects
 
 HIGHER_IS_BETTER = {"ssim": True, "lpips": False, "psnr": True}
@@ -87,9 +86,10 @@ def _sortable(value: float | None) -> float:
     return math.inf if value is None or math.isnan(value) else value
 
 
-def build(run_dir: Path, rows: list[dict], thresholds: Thresholds) -> ReportData:
+def build(run_dir: Path, rows: list[dict], thresholds: Thresholds, planned: list[dict] | None) -> ReportData:
+    """``planned``: the run's plan (``results.planned_cases``), so a missing row is an error."""
     deltas = ablation_deltas(rows)
     ranking = attribution(deltas)
-    gate = check(rows, thresholds, planned_cases(run_dir))
+    gate = check(rows, thresholds, planned)
     return ReportData(run_dir=Path(run_dir), rows=rows, gate=gate, deltas=deltas,
                       attribution=ranking, effects=value_effects(deltas, ranking))
