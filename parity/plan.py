@@ -27,6 +27,7 @@ from .yamlfile import read_yaml_mapping
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
 PREVIEW_KEYS = ("runs", "train_steps", "ctrl_root", "config", "unpaired")
 PATH_FIELDS = ("control_image", "preview", "base_preview")
+PREVIEW_PROFILE = "aitk-preview"  # a variant without a profile redraws the preview as AI Toolkit drew it
 
 
 @dataclass
@@ -64,7 +65,7 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
             raise ParityError(f'previews: unknown key "{key}"{did_you_mean(key, PREVIEW_KEYS)}')
     runs = [(run, Path.cwd()) for run in previews] if previews else [(run, root) for run in _runs(spec.get("runs"))]
     if runs:
-        from .aitk import load_run, preview_cases, preview_notes
+        from .aitk import load_run, preview_notes, preview_requests
 
         variants = _mappings(data, "variants") or [{"name": "baseline"}]
         steps = _step_selector(spec.get("train_steps"), "previews.train_steps")
@@ -75,24 +76,24 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
                            unpaired=unpaired or spec.get("unpaired", "error"))
             found = sorted({p.step for p in run.previews})
             picked = [p for p in run.previews if p.step in _selected(steps, found)]
-            chosen = [c for c in preview_cases(run) if int(c.tag("step")) in _selected(steps, found)]
+            chosen = [r for r in preview_requests(run) if r["tags"]["step"] in _selected(steps, found)]
             plan.notes += [f"{run.name}: {note}" for note in run.notes] + preview_notes(picked)
             if not picked:
                 raise ParityError(f"previews.train_steps {steps} selects no preview of {run.name} (its previews "
                                   f"are at steps {', '.join(map(str, found))})")
             if not chosen:
                 raise ParityError(f"no selected preview of {run.name} can be reproduced: {preview_notes(picked)[0]}")
-            reproducible = sorted({int(c.tag("step")) for c in chosen})
-            for preview_case in chosen:
-                base_fields = preview_case.to_dict()
+            reproducible = sorted({r["tags"]["step"] for r in chosen})
+            for request in chosen:
                 for j, variant_spec in enumerate(variants):
                     merged = {**defaults, **variant_spec}
                     merged.setdefault("name", f"variant{j}")
+                    merged.setdefault("profile", PREVIEW_PROFILE)
                     only = _step_selector(merged.pop("train_steps", None), f'variant "{merged["name"]}" train_steps')
-                    if int(preview_case.tag("step")) not in _selected(only, reproducible):
+                    if request["tags"]["step"] not in _selected(only, reproducible):
                         continue
                     for variant in _variants(merged):
-                        plan.cases.append(_build(base_fields, variant, root, prefix=preview_case.name))
+                        plan.cases.append(_build(request, variant, root, prefix=request["name"]))
     elif "previews" in data and not plan.cases:
         raise ParityError("previews: needs `runs:` (or pass --previews)")
     elif data.get("variants"):
@@ -185,7 +186,7 @@ def _variants(spec: dict) -> list[dict]:
                 one = dict(spec)
                 _apply_set(one, {knob: value})
                 one["name"] = f"{spec['name']}[{knob}={value}]"
-                one["tags"] = {**tags, "ablation": knob, "ablation_value": str(value)}
+                one["tags"] = {**tags, "ablation": knob, "ablation_value": str(value), "ablation_of": spec["name"]}
                 one.setdefault("gated", False)
                 out.append(one)
         return out
@@ -238,6 +239,8 @@ def _build(base_fields: dict, spec: dict, root: Path, prefix: str | None = None)
     fields_ = dict(base_fields)
     if prefix:  # the variant of a preview, as data (calibrate and reports group by it)
         tags["variant"] = name
+    if prefix and "ablation_of" in tags:  # the baseline case this one changes one knob of, by its full name
+        tags["ablation_of"] = f"{prefix}/{tags['ablation_of']}"
     if profile_name:
         profile = load_profile(profile_name, root)
         fields_ = profile.apply(fields_)

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -17,6 +18,7 @@ from parity.report.attribution import ablation_deltas, attribution
 from parity.report.rows import load_rows
 from parity.results import PLAN, ResultsStore
 
+ROOT = Path(__file__).resolve().parent.parent
 XSS_NAME = "tiny/<script>alert(1)</script>/aitk-preview"
 XSS_PROMPT = '"quotes" & <b>'
 
@@ -78,9 +80,11 @@ def demo_rows() -> list[dict]:
         tags = {"tag_run": "tiny_bf16", "tag_step": group[-11:-2]}
         rows.append(row(f"{group}/aitk-preview", lpips=base_lpips, ssim=0.97, tag_ablation="baseline", **tags))
         rows.append(row(f"{group}/aitk-preview[guidance=2.5]", lpips=base_lpips + 0.10, ssim=0.90, gated=False,
-                        tag_ablation="guidance", tag_ablation_value="2.5", **tags))
+                        tag_ablation="guidance", tag_ablation_value="2.5", tag_ablation_of=f"{group}/aitk-preview",
+                        **tags))
         rows.append(row(f"{group}/aitk-preview[control_resize=lanczos]", lpips=base_lpips + 0.01, ssim=0.96,
-                        gated=False, tag_ablation="control_resize", tag_ablation_value="lanczos", **tags))
+                        gated=False, tag_ablation="control_resize", tag_ablation_value="lanczos",
+                        tag_ablation_of=f"{group}/aitk-preview", **tags))
         rows.append(row(f"{group}/diffusers-default", lpips=0.3, ssim=0.6, gated=False,
                         tag_profile="diffusers-default", **tags))
     rows.append(row("tiny_bf16/000000010_2/aitk-preview", lpips=0.2, ssim=0.8, floor_lpips=0.15, floor_mean_abs=3.0,
@@ -169,15 +173,18 @@ def test_attribution_ranks_knobs_by_mean_abs_delta_lpips():
     rows = []
     for group, shift in (("a/p0", 0.0), ("a/p1", 0.05)):
         rows.append(row(f"{group}/v", lpips=0.1 + shift, ssim=0.9, tag_ablation="baseline"))
+        of = {"tag_ablation_of": f"{group}/v"}
         rows.append(row(f"{group}/v[dtype=fp32]", lpips=0.1 + shift - 0.01, ssim=0.91,
-                        tag_ablation="dtype", tag_ablation_value="fp32"))
+                        tag_ablation="dtype", tag_ablation_value="fp32", **of))
         rows.append(row(f"{group}/v[snap=floor32]", lpips=0.1 + shift + 0.2, ssim=0.7,
-                        tag_ablation="snap", tag_ablation_value="floor32"))
+                        tag_ablation="snap", tag_ablation_value="floor32", **of))
         rows.append(row(f"{group}/v[guidance=2.5]", lpips=0.1 + shift - 0.05 - shift, ssim=0.9,
-                        tag_ablation="guidance", tag_ablation_value="2.5"))
+                        tag_ablation="guidance", tag_ablation_value="2.5", **of))
     # no baseline for this preview
-    rows.append(row("a/p2/v[snap=floor32]", lpips=0.9, tag_ablation="snap", tag_ablation_value="floor32"))
-    rows.append(row("a/p0/v[steps=8]", preview=False, tag_ablation="steps", tag_ablation_value="8"))  # no metrics
+    rows.append(row("a/p2/v[snap=floor32]", lpips=0.9, tag_ablation="snap", tag_ablation_value="floor32",
+                    tag_ablation_of="a/p2/v"))
+    rows.append(row("a/p0/v[steps=8]", preview=False, tag_ablation="steps", tag_ablation_value="8",
+                    tag_ablation_of="a/p0/v"))  # no metrics
     deltas = ablation_deltas(rows)
     assert {d["baseline"] for d in deltas} == {"a/p0/v", "a/p1/v"} and len(deltas) == 6
     table = attribution(deltas)
@@ -190,12 +197,21 @@ def test_attribution_ranks_knobs_by_mean_abs_delta_lpips():
     assert guidance["worst_delta_lpips"] == pytest.approx(-0.1)
 
 
-def test_attribution_finds_baseline_by_preview_group():
-    """Hand-written cases: the baseline is the one of the same preview group, whatever its name."""
-    tags = {"tag_run": "r", "tag_step": "10"}
-    rows = [row("x/ref", lpips=0.1, tag_ablation="baseline", **tags),
-            row("x/other", lpips=0.5, tag_ablation="baseline", tag_run="r", tag_step="20"),
-            row("x/try-fp32", lpips=0.3, tag_ablation="dtype", tag_ablation_value="fp32", **tags)]
+def test_attribution_follows_the_baseline_the_plan_recorded(tmp_path):
+    """A variant of its own names its baseline variant; the plan turns it into the full case name."""
+    from parity.plan import load_plan
+
+    spec = {"previews": {"runs": [str(ROOT / "parity" / "data" / "demo-runs" / "tiny_bf16")], "train_steps": "last"},
+            "variants": [{"name": "base", "ablate": {"guidance": [2.5]}},
+                         {"name": "my-try", "set": {"dtype": "fp32"},
+                          "tags": {"ablation": "dtype", "ablation_value": "fp32", "ablation_of": "base"}}]}
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    tags = {c.name: dict(c.tags) for c in load_plan(path).cases}
+    assert tags["tiny_bf16/step20/p0/my-try"]["ablation_of"] == "tiny_bf16/step20/p0/base"
+    assert tags["tiny_bf16/step20/p0/base[guidance=2.5]"]["ablation_of"] == "tiny_bf16/step20/p0/base"
+    rows = [row("x/ref", lpips=0.1, tag_ablation="baseline"), row("x/other", lpips=0.5, tag_ablation="baseline"),
+            row("x/try-fp32", lpips=0.3, tag_ablation="dtype", tag_ablation_value="fp32", tag_ablation_of="x/ref")]
     (delta,) = ablation_deltas(rows)
     assert delta["baseline"] == "x/ref" and delta["delta_lpips"] == pytest.approx(0.2)
 

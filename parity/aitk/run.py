@@ -279,17 +279,18 @@ def base_twins(run: AitkRun) -> dict[str, str]:
             if p.checkpoint and p.reproducible and p.prompt_index in base and same_args(p, base[p.prompt_index])}
 
 
-def preview_cases(run: AitkRun) -> list[Case]:
-    """The aitk-preview Case of every reproducible preview (a LoRA preview with its base twin)."""
-    cases = []
+def preview_requests(run: AitkRun) -> list[dict]:
+    """What each reproducible preview says, as Case fields and no knob: the arguments AI Toolkit passed,
+    the checkpoint and LoRA mode of its batch, the run's dtype and quantization, the file's encoding, its
+    base twin, and tags (run, step, prompt index, checkpoint). A profile turns it into a Case."""
+    requests = []
     twins = base_twins(run)
     for p in run.previews:
         if not p.reproducible:
             continue
         eff = p.effective
         loras = [{"path": p.checkpoint, "scale": p.lora_scale, "mode": p.lora_mode}] if p.checkpoint else []
-        fields = {
-            **load_profile(PROFILE).knobs,  # the single source of AI Toolkit's sampler behaviour
+        requests.append({
             "name": p.name, "prompt": eff["prompt"], "control_image": p.control_image, "preview": p.path,
             "base_preview": twins.get(p.path),
             "steps": eff["num_inference_steps"], "guidance": eff["guidance_scale"], "seed": eff["seed"] % 2**64,
@@ -298,9 +299,17 @@ def preview_cases(run: AitkRun) -> list[Case]:
             "negative_prompt": eff["negative_prompt"] if isinstance(eff["negative_prompt"], str) else "",
             "dtype": run.dtype, "quantize": run.quantize, "loras": loras,
             "output_format": p.output_format, "output_quality": p.output_quality,
-            "tags": {"run": run.name, "step": p.step, "prompt_index": p.prompt_index, "profile": PROFILE,
+            "tags": {"run": run.name, "step": p.step, "prompt_index": p.prompt_index,
                      "checkpoint": Path(p.checkpoint).name if p.checkpoint else "base",
                      "aitk_lora_mode": p.lora_mode or "none"},
-        }
-        cases.append(Case.from_dict(fields, source=run.config.path))
-    return cases
+        })
+    for request in requests:  # a value no Case takes is the run config's fault: say so there, now
+        Case.from_dict(request, source=run.config.path)
+    return requests
+
+
+def preview_cases(run: AitkRun) -> list[Case]:
+    """The aitk-preview Case of every reproducible preview: its request under AI Toolkit's sampler."""
+    profile = load_profile(PROFILE)
+    return [Case.from_dict({**profile.apply(request), "tags": {**request["tags"], "profile": PROFILE}},
+                           source=run.config.path) for request in preview_requests(run)]
