@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ParityError, did_you_mean
 from .knobs import choices
+from .validate import checked
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -194,25 +195,15 @@ class Case:
 
 
 def _validate(obj, where: str) -> None:
-    """Knob names, choices and number ranges, as each field's metadata declares them."""
+    """Knob names, choices and number ranges, as each field's metadata declares them (``parity.validate``)."""
     for f in fields(obj):
-        value = getattr(obj, f.name)
-        family = f.metadata.get("family")
-        if family and value not in choices(family):
-            raise ParityError(
-                f'{where}: {f.name} "{value}" is not known{did_you_mean(value, choices(family))};'
-                f" choose one of: {', '.join(choices(family))}"
-            )
-        allowed = f.metadata.get("choices")
-        if allowed and value not in allowed:
-            raise ParityError(f'{where}: {f.name} "{value}" is not one of {", ".join(allowed)}'
-                              f"{did_you_mean(value, allowed)}")
-        if "range" in f.metadata and value is not None:
-            lo, hi = f.metadata["range"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParityError(f"{where}: {f.name} must be a number, not {value!r}")
-            if not lo <= value <= hi:
-                raise ParityError(f"{where}: {f.name}={value} is outside [{lo}, {hi}]")
+        value, meta = getattr(obj, f.name), f.metadata
+        allowed = choices(meta["family"]) if meta.get("family") else meta.get("choices")
+        if allowed is not None:
+            checked(value, "string", f"{where}: {f.name}", choices=allowed)
+        elif "range" in meta and value is not None:
+            checked(value, "integer" if meta["integer"] else "number", f"{where}: {f.name}", lo=meta["range"][0],
+                    hi=meta["range"][1])
 
 
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
@@ -225,26 +216,13 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             value = [value]
         return tuple(LoraSpec.from_value(v, f"{where}, loras[{i}]") for i, v in enumerate(value))
     if name == "tags":
-        if not isinstance(value, dict):
-            raise ParityError(f"{where}: tags must be a mapping")
-        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), str(v)) for k, v in checked(value, "mapping", f"{where}: tags").items()))
     if value is None:
         if meta.get("nullable"):
             return None
         raise ParityError(f"{where}: {name} cannot be null")
     if isinstance(f.default, bool):
-        if not isinstance(value, bool):
-            raise ParityError(f"{where}: {name} must be true or false, not {value!r}")
-        return value
+        return checked(value, "bool", f"{where}: {name}")
     if "range" in meta:
-        number = not isinstance(value, bool) and isinstance(value, (int, float))
-        if meta["integer"]:
-            if not number or int(value) != value:
-                raise ParityError(f"{where}: {name} must be an integer, not {value!r}")
-            return int(value)
-        if not number:
-            raise ParityError(f"{where}: {name} must be a number, not {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ParityError(f"{where}: {name} must be a string, not {value!r}")
-    return value
+        return checked(value, "integer" if meta["integer"] else "number", f"{where}: {name}")
+    return checked(value, "string", f"{where}: {name}")

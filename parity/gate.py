@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import ParityError, did_you_mean
 from .files import metric_value
+from .validate import checked, is_number
 from .format import fmt
 from .verdict import NOISE_K, VERDICTS, CaseVerdict, judge_rows
 from .yamlfile import read_yaml_mapping
@@ -94,19 +95,19 @@ def _keys(block, where: str) -> dict:
     if not isinstance(block, dict):
         raise ParityError(f"{where}: must map bounds such as lpips_max to numbers")
     for key, limit in block.items():
-        if key == "verdicts":
-            if limit is not None and (not isinstance(limit, list) or not limit or
-                                      any(v not in VERDICTS for v in limit)):
-                raise ParityError(f"{where}: verdicts must be a list of {', '.join(VERDICTS)}, not {limit!r}")
-            continue
         if key not in BOUNDS and key not in SETTINGS:
             known = [*BOUNDS, *SETTINGS]
             raise ParityError(f'{where}: unknown bound "{key}"{did_you_mean(key, known)}; keys are verdicts, '
                               f"noise_k, <metric>_min / <metric>_max for {', '.join(METRICS)}, and latency_max_s")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit)):
+        if limit is None:
+            continue  # removes a key set at a less specific level
+        if key == "verdicts":
+            for verdict in checked(limit, "list", f"{where}: verdicts") or [None]:
+                checked(verdict, "string", f"{where}: verdicts", choices=VERDICTS)
+        elif not is_number(limit) or math.isnan(limit):
             raise ParityError(f"{where}: {key} must be a number or null, not {limit!r}")
-        if key == "noise_k" and limit is not None and limit < 0:
-            raise ParityError(f"{where}: noise_k must be 0 or more, not {limit!r}")
+        elif key == "noise_k":
+            checked(limit, "number", f"{where}: noise_k", lo=0)
     return dict(block)
 
 

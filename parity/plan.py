@@ -22,6 +22,7 @@ from pathlib import Path
 from .case import Case, LoraSpec
 from .errors import ParityError, did_you_mean
 from .profiles import load_profile
+from .validate import checked, is_integer
 from .yamlfile import read_yaml_mapping
 
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
@@ -149,8 +150,8 @@ def _step_selector(value, where: str):
     """None (every step), "last" / "first" (a run's final / earliest previews) or a list of training steps."""
     if value is None or value in ("last", "first"):
         return value
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return value
+    if isinstance(value, list) and value and all(is_integer(v) for v in value):
+        return [int(v) for v in value]
     raise ParityError(f'{where} must be "last", "first" or a list of training steps such as [10], not {value!r}')
 
 
@@ -250,8 +251,8 @@ def _build(base_fields: dict, spec: dict, root: Path, prefix: str | None = None)
     fields_["name"] = full_name
     lora_mode = fields_.pop("lora_mode", None)
     lora_scale = fields_.pop("lora_scale", None)
-    if lora_scale is not None and (isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float))):
-        raise ParityError(f"{where}: lora_scale must be a number, not {lora_scale!r}")
+    if lora_scale is not None:
+        lora_scale = checked(lora_scale, "number", f"{where}: lora_scale")
     loras = [LoraSpec.from_value(v, f"{where}, loras[{i}]") for i, v in enumerate(fields_.get("loras") or [])]
     fields_["loras"] = [{"path": lo.path, "scale": lo.scale if lora_scale is None else lora_scale,
                          "mode": lora_mode or lo.mode} for lo in loras]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import ParityError
 from .files import PARTIAL, json_safe, write_atomic
+from .validate import is_integer
 
 ROWS = "results.jsonl"
 ROW_START = '{"name": '  # every row is written with its name first
@@ -130,7 +131,7 @@ def row_files(run_dir: str | Path) -> list[Path]:
 
 def _stamp(row: dict) -> int | None:
     value = row.get("finished_at")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return int(value) if is_integer(value) else None
 
 
 def _age(row: dict) -> tuple[bool, int]:

@@ -403,7 +403,7 @@ def test_new_fields_default_to_diffusers_and_keep_old_keys():
 
 
 def test_new_fields_are_validated_and_listed():
-    with pytest.raises(ParityError, match=r'sampler "euler" is not known \(did you mean "euler_x0"\?\)'):
+    with pytest.raises(ParityError, match=r'sampler must be one of flow_match_euler, euler_x0, not "euler" \(did you mean "euler_x0"\?\)'):
         Case(sampler="euler")
     out = CliRunner().invoke(main, ["knobs"]).output
     for family in NEW_FIELDS[1:] + ("quantize",):

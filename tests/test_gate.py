@@ -166,9 +166,9 @@ def test_verdicts_and_noise_k_are_keys_of_every_level(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("defaults: {verdicts: [exact, close]}", "verdicts must be a list of exact, noise, mismatch"),
+    ("defaults: {verdicts: [exact, close]}", 'verdicts must be one of exact, noise, mismatch, not "close"'),
     ("defaults: {verdicts: exact}", "verdicts must be a list"),
-    ("defaults: {noise_k: -1}", "noise_k must be 0 or more"),
+    ("defaults: {noise_k: -1}", "noise_k must be a number >= 0, not -1"),
     ("defaults: {verdict: [exact]}", 'unknown bound "verdict" (did you mean "verdicts"?)'),
 ])
 def test_bad_verdict_keys_name_the_problem(tmp_path, text, message):

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 from ..errors import ParityError, did_you_mean
+from ..validate import problem
 
 # --format value -> module in this package
 FORMATS = {"aitk-inference": "aitk_inference", "fal": "fal", "lumenfall": "lumenfall", "oxen": "oxen",
@@ -134,45 +135,34 @@ class Fields:
             return MISSING
         return value
 
-    def string(self, key: str, *, required: bool = False, default=None):
+    def _checked(self, key: str, kind: str, required: bool, default, **limits):
         value = self._get(key, required)
         if value is MISSING:
             return default
-        if not isinstance(value, str):
-            raise self.ctx.error(self.path(key), f"must be a string, not {value!r}")
-        return value
+        wrong = problem(value, kind, **limits)
+        if wrong:
+            raise self.ctx.error(self.path(key), wrong)
+        return int(value) if kind == "integer" else float(value) if kind == "number" else value
+
+    def string(self, key: str, *, required: bool = False, default=None):
+        return self._checked(key, "string", required, default)
 
     def integer(self, key: str, *, lo=None, hi=None, required: bool = False, default=None):
-        value = self._get(key, required)
-        if value is MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise self.ctx.error(self.path(key), f"must be an integer{_range(lo, hi)}, not {value!r}")
-        return self._in_range(key, int(value), lo, hi, "an integer")
+        return self._checked(key, "integer", required, default, lo=lo, hi=hi)
 
     def number(self, key: str, *, lo=None, hi=None, required: bool = False, default=None):
-        value = self._get(key, required)
-        if value is MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.ctx.error(self.path(key), f"must be a number{_range(lo, hi)}, not {value!r}")
-        return self._in_range(key, float(value), lo, hi, "a number")
+        return self._checked(key, "number", required, default, lo=lo, hi=hi)
 
     def boolean(self, key: str, *, default=None):
-        value = self._get(key, False)
-        if value is MISSING:
-            return default
-        if not isinstance(value, bool):
-            raise self.ctx.error(self.path(key), f"must be true or false, not {value!r}")
-        return value
+        return self._checked(key, "bool", False, default)
 
     def choice(self, key: str, choices, *, default=None):
         value = self._get(key, False)
         if value is MISSING:
             return default
-        if value not in choices:
-            raise self.ctx.error(self.path(key), f"{json.dumps(value)} is not one of {', '.join(choices)}"
-                                                 f"{did_you_mean(value, choices)}")
+        wrong = problem(value, ("string", "integer", "number", "bool"), choices=choices)
+        if wrong:
+            raise self.ctx.error(self.path(key), wrong)
         return value
 
     def objects(self, key: str, *, required: bool = False) -> list["Fields"]:
@@ -198,20 +188,6 @@ class Fields:
         for key in self.data:
             if key not in self.read:
                 self.ctx.note(f"field {self.path(key)} {what}{did_you_mean(key, self.read)}")
-
-    def _in_range(self, key: str, value, lo, hi, kind: str):
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.ctx.error(self.path(key), f"must be {kind}{_range(lo, hi)}, not {value!r}")
-        return value
-
-
-def _range(lo, hi) -> str:
-    if lo is not None and hi is not None:
-        return f" in [{lo}, {hi}]"
-    if lo is not None:
-        return f" >= {lo}"
-    return f" <= {hi}" if hi is not None else ""
-
 
 def _is_url(value: str) -> bool:
     return value.lower().startswith(("http://", "https://"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ParityError, did_you_mean
+from ..validate import problem
 from . import Context, Fields, _image_format, read_json
 
 PROFILE = "comfyui"
@@ -212,13 +213,14 @@ class Node:
             if required:
                 raise self.error(f"{name}: required input missing")
             return default
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise self.error(f"{name}: {value!r} is not a {' or '.join(k.__name__ for k in kinds)}")
+        wrong = problem(value, tuple(KINDS[k] for k in kinds), lo=lo, hi=hi)
+        if wrong:
+            raise self.error(f"{name} {wrong}")
+        if kinds == (int,):
+            value = int(value)
         if choices is not None and value not in choices:
             raise self.error(f'{name} "{value}" is not modelled; kontext-parity models {", ".join(choices)}'
                              f"{did_you_mean(value, choices)}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.error(f"{name} {value} is outside [{lo}, {hi}]")
         return value
 
     def link(self, name: str, *, required: bool = True) -> "Node | None":
@@ -243,6 +245,7 @@ def _is_link(value) -> bool:
 
 
 NUMBER = (int, float)
+KINDS = {int: "integer", float: "number", bool: "bool", str: "string"}  # Python type -> parity.validate kind
 
 
 @dataclass
