@@ -91,6 +91,9 @@ def _load_plan(cases: Path, previews, config, ctrl_root, unpaired, select, *, sh
               help="CPU offload for GPUs with too little memory (diffusers model / sequential offload).")
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True,
               help="LPIPS backbone.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for quantized weights kept between runs, so a 12B base is quantized once (default: "
+                   "cache/ in the run folder; name one folder to share it between run folders).")
 @click.option("--no-metrics", is_flag=True, help="Only generate; skip comparisons with previews.")
 @click.option("--serial-metrics", is_flag=True,
               help="Compare each case with its preview before the next case starts, so CPU timings and memory "
@@ -109,7 +112,8 @@ def _load_plan(cases: Path, previews, config, ctrl_root, unpaired, select, *, sh
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (CI logs).")
-def run(cases, out, base, previews, config, ctrl_root, unpaired, device, select, offload, lpips_net, no_metrics,
+def run(cases, out, base, previews, config, ctrl_root, unpaired, device, select, offload, lpips_net, cache_dir,
+        no_metrics,
         serial_metrics, no_report, thresholds, no_gate, noise_floor, noise_scope, threads, no_progress):
     """Run the cases of CASES (a YAML case file), write images, a results table and reports, and gate.
 
@@ -130,7 +134,7 @@ def run(cases, out, base, previews, config, ctrl_root, unpaired, device, select,
     runner = Runner(out, base=base or plan.base, device=world.device(device), offload=offload, lpips_net=lpips_net,
                     progress=not no_progress and world.is_main, metrics=not no_metrics, shard=world.shard,
                     serial_metrics=serial_metrics, noise_floor=noise_floor, noise_scope=noise_scope,
-                    noise_k_for=limits.noise_k)
+                    noise_k_for=limits.noise_k, cache_dir=cache_dir)
     where = f" (process {world.rank + 1} of {world.size})" if world.size > 1 else ""
     click.echo(f"{len(plan.cases)} cases from {cases} -> {out}{where}", err=True)
     failure = None

@@ -106,13 +106,14 @@ class Runner:
     def __init__(self, run_dir: str | Path, *, engine=None, base: str | None = None, device: str = "auto",
                  offload: str = "none", lpips_net: str = "alex", progress: bool = True, metrics: bool = True,
                  shard: tuple[int, int] | None = None, serial_metrics: bool = False, noise_floor: int = 1,
-                 noise_scope: str = "group", noise_k_for=None, reuse: bool = True):
+                 noise_scope: str = "group", noise_k_for=None, reuse: bool = True, cache_dir: str | Path | None = None):
         """``serial_metrics``: compare each case with its preview before the next case starts, so
         timings and memory are not inflated by the comparison (it matters on CPU); slower overall.
         ``noise_floor``: how many estimators measure the noise floor of gated cases (0: none);
         ``noise_scope``: "group" shares one floor among cases of one floor group, "case" measures each.
         ``noise_k_for``: row -> k of the noise verdict written into the tables (the thresholds' own).
-        ``reuse``: draw each distinct image once (``Engine.render_key``); off, every case runs the pipeline."""
+        ``reuse``: draw each distinct image once (``Engine.render_key``); off, every case runs the pipeline.
+        ``cache_dir``: where quantized weights are kept between runs (default: cache/ in the run folder)."""
         if noise_scope not in noise.SCOPES:
             raise ParityError(f"noise scope must be one of {', '.join(noise.SCOPES)}, not {noise_scope!r}")
         self.shard = shard
@@ -127,7 +128,8 @@ class Runner:
         self._warned: dict[str, list[str]] = {}  # warning text -> cases that got it
         self.store = ResultsStore(run_dir, shard=shard[0] if shard else None)
         self._engine = engine
-        self.engine_args = {"base": base, "device": device, "offload": offload}
+        self.engine_args = {"base": base, "device": device, "offload": offload,
+                            "cache_dir": cache_dir or self.store.dir / "cache"}
         self.lpips_net = lpips_net
         self.progress = progress
         self.metrics = metrics
@@ -137,8 +139,7 @@ class Runner:
         if self._engine is None:
             from .engine import Engine
 
-            self._engine = Engine(self.engine_args["base"], device=self.engine_args["device"],
-                                  offload=self.engine_args["offload"])
+            self._engine = Engine(**self.engine_args)
         return self._engine
 
     def run(self, plan: Plan) -> RunSummary:

@@ -81,8 +81,11 @@ class Engine:
     """
 
     def __init__(self, base: str | None = "embedded", *, device: str = "auto", offload: str = "none",
-                 keep_pipelines: int = 1, cache_encodings: bool = True):
+                 keep_pipelines: int = 1, cache_encodings: bool = True, cache_dir: str | Path | None = None):
+        """``cache_dir``: where quantized weights are kept between runs (``parity.engine.quantize``); None: not
+        kept, every load quantizes again."""
         self.base = resolve_base(base)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.device = pick_device(device)
         self.offload = offload
         self.keep_pipelines = keep_pipelines
@@ -107,7 +110,7 @@ class Engine:
                 self._prompt_cache.clear()
                 self._control_cache.clear()
             pipe = load_pipeline(self.base, dtype, self.device, self.offload)
-            lookup("quantize", quantize)(pipe)
+            self._quantize(pipe, lookup("quantize", quantize)(), dtype)
             if channels_last:
                 pipe.vae.to(memory_format=torch.channels_last)
             if compile:
@@ -117,6 +120,21 @@ class Engine:
             self.counters["pipelines_loaded"] += 1
         self._pipelines.move_to_end(key)
         return self._pipelines[key]
+
+    def _quantize(self, pipe, plan, dtype: str) -> None:
+        """Store the weights as ``plan`` (``parity.knobs.quantize.Quantization``) says; quanto weights come from
+        the cache folder when it holds them for this base and dtype."""
+        from . import quantize as q
+
+        if plan.kind == "quanto":
+            cache = q.cache_folder(self.cache_dir, self.base, dtype, plan.qtype) if self.cache_dir else None
+            q.quantize_pipeline(pipe, plan.qtype, cache=cache)
+        elif plan.kind == "fp8":
+            pipe.transformer._parity_storage = q.store_fp8(pipe.transformer, plan.fp8)
+            if plan.fast:
+                q.clamp_inputs_to_fp8(pipe.transformer)
+        elif plan.kind == "fp8_scaled":
+            pipe.transformer._parity_storage = q.store_fp8_scaled(pipe.transformer, plan.fp8)
 
     def lora_file(self, path: str, transformer) -> LoraFile:
         key = (str(Path(path).resolve()), f"{id(transformer)}")

@@ -21,6 +21,7 @@ rows is reported, so a run where it matters is visible.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -36,6 +37,7 @@ class QuantizeReport:
     qtype: str
     modules: dict[str, int] = field(default_factory=dict)  # component -> Q-modules created
     zero_rows_guarded: dict[str, int] = field(default_factory=dict)  # "component.module" -> rows
+    cached: list[str] = field(default_factory=list)  # components requantized from the cache, not quantized
 
 
 def _guarded_optimizer(report: QuantizeReport):
@@ -100,8 +102,14 @@ def quantize_module_tree(model: torch.nn.Module, qtype: str = "qfloat8", *, name
     return report
 
 
-def quantize_pipeline(pipe, qtype: str = "qfloat8", *, components=COMPONENTS) -> QuantizeReport:
-    """AI Toolkit's ``quantize: true`` (with ``quantize_te`` left at its default): transformer and T5."""
+def quantize_pipeline(pipe, qtype: str = "qfloat8", *, components=COMPONENTS,
+                      cache: Path | None = None) -> QuantizeReport:
+    """AI Toolkit's ``quantize: true`` (with ``quantize_te`` left at its default): transformer and T5.
+
+    ``cache``: a folder for this base and these settings (``cache_folder``). A component found there is
+    requantized from its saved quantized weights (quanto's quantization map + safetensors) instead of
+    being quantized again: the same bits, without recomputing every scale of a 12B model.
+    """
     if qtype not in QTYPES:
         raise ParityError(f'quantization "{qtype}" is not supported; choose one of: {", ".join(QTYPES)}')
     report = QuantizeReport(qtype)
@@ -109,9 +117,68 @@ def quantize_pipeline(pipe, qtype: str = "qfloat8", *, components=COMPONENTS) ->
         model = getattr(pipe, component, None)
         if model is None:
             raise ParityError(f"the pipeline has no {component} to quantize")
+        if cache is not None and _load_quantized(model, cache, component):
+            report.cached.append(component)
+            continue
         quantize_module_tree(model, qtype, name=component, report=report)
+        if cache is not None:
+            _save_quantized(model, cache, component)
     pipe._parity_quantize_report = report
     return report
+
+
+def cache_folder(root: Path, base: str, dtype: str, qtype: str) -> Path:
+    """Where the quantized weights of ``base`` (a folder or model id) in ``dtype`` are kept: keyed by the base's
+    weight files (names, sizes, modification times: hashing 24 GB would cost what the cache saves), the
+    settings and the torch and optimum-quanto versions that computed them."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    files = sorted((str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in Path(base).rglob("*.safetensors")) if Path(base).is_dir() else [base]
+    blob = json.dumps([str(Path(base).resolve()) if Path(base).is_dir() else base, files, dtype, qtype,
+                       torch.__version__, version("optimum-quanto")])
+    return Path(root) / f"quantized-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _save_quantized(model: torch.nn.Module, folder, component: str) -> None:
+    import json
+
+    from optimum.quanto import quantization_map
+    from safetensors.torch import save_file
+
+    from ..files import write_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    state = {}
+    for key, value in model.state_dict().items():  # tied weights (T5's shared embedding) saved as copies
+        pointer = value.untyped_storage().data_ptr()
+        state[key] = value.contiguous() if pointer not in seen else value.clone().contiguous()
+        seen.add(pointer)
+    tmp = folder / f".{component}.safetensors.partial"
+    save_file(state, str(tmp))
+    tmp.replace(folder / f"{component}.safetensors")
+    write_atomic(folder / f"{component}.qmap.json", json.dumps(quantization_map(model)))
+
+
+def _load_quantized(model: torch.nn.Module, folder, component: str) -> bool:
+    """Requantize ``model`` from a cached component; False when the cache has none (or an unreadable one)."""
+    import json
+
+    from optimum.quanto import requantize
+    from safetensors.torch import load_file
+
+    weights, qmap = folder / f"{component}.safetensors", folder / f"{component}.qmap.json"
+    if not (weights.is_file() and qmap.is_file()):
+        return False
+    try:
+        requantize(model, load_file(str(weights)), json.loads(qmap.read_text()), device=next(model.parameters()).device)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ParityError(f"the cached quantized {component} cannot be loaded ({err}); delete the folder to "
+                          "quantize again", source=folder) from None
+    return True
 
 
 def is_quantized(module: torch.nn.Module) -> bool:
