@@ -325,3 +325,14 @@ def test_markdown_cells_escape_everything_markdown_means():
     assert cell("**bold** [link](http://x) @user #12 `code` a|b ~x~ <img>") == \
         "\\*\\*bold\\*\\* \\[link\\]\\(http\\://x\\) \\@user \\#12 \\`code\\` a\\|b \\~x\\~ &lt;img&gt;"
     assert cell(0.25) == "0.25" and cell("line\nbreak") == "line break"
+
+
+def test_the_ablation_shows_as_pictures_per_knob(run_dir):
+    page = write_reports(run_dir)["html"].read_text()
+    gallery = page.split("The ablation, as pictures")[1].split("<h2>")[0]
+    assert 'data-knob="guidance"' in gallery and 'data-knob="control_resize"' in gallery
+    assert gallery.index('data-knob="guidance"') < gallery.index('data-knob="control_resize"')  # ranked
+    guidance = gallery.split('data-knob="guidance"')[1].split("</table>")[0]
+    assert guidance.count("<tr>") == 3  # header + one line per preview
+    assert guidance.count("report_assets/previews/") == 2 and guidance.count("outputs/") == 4
+    assert "<th>2.5</th>" in guidance

@@ -58,14 +58,43 @@ def _cases(data: ReportData) -> list[dict]:
         "verdict": verdicts[row["name"]].verdict,
         "metrics": {column: metric_value(row, column) for column, _ in CARD_METRICS},
         "images": case_images(data.run_dir, row, roots),
+        "flip": _flip(case_images(data.run_dir, row, roots)),
         "delta": data.delta_of(row["name"]),
         "small": (metric_value(row, "eff_width") or SMALL) < SMALL,
     } for i, row in enumerate(data.rows)]
 
 
+def _flip(images: list[tuple[str, str | None]]) -> tuple[str, str] | None:
+    """(preview, output) sources for the card's flip view, when both exist."""
+    found = dict(images)
+    return (found["preview"], found["output"]) if found.get("preview") and found.get("output") else None
+
+
+def _gallery(data: ReportData, cases: list[dict]) -> list[dict]:
+    """The ablation as pictures: per knob, one line per preview: the preview, the baseline's output, then the
+    output of each value of the knob, each with its verdict."""
+    by_name = {case["row"]["name"]: case for case in cases}
+    knobs: dict[str, dict[str, list[dict]]] = {}
+    for delta in data.deltas:
+        knobs.setdefault(delta["knob"], {}).setdefault(delta["baseline"], []).append(by_name[delta["name"]])
+    order = [a["knob"] for a in data.attribution]
+    gallery = []
+    for knob in sorted(knobs, key=lambda k: order.index(k) if k in order else len(order)):
+        lines = []
+        for baseline, changed in knobs[knob].items():
+            base = by_name[baseline]
+            picture = dict(base["images"])
+            lines.append({"baseline": base, "preview": picture.get("preview"), "base_output": picture.get("output"),
+                          "changed": [{"case": c, "value": c["row"].get("tag_ablation_value"),
+                                       "output": dict(c["images"]).get("output")} for c in changed]})
+        gallery.append({"knob": knob, "lines": lines})
+    return gallery
+
+
 def render(data: ReportData, charts: dict[str, str | None]) -> str:
     stats = {metric: data.stat(metric) for metric in ("ssim", "lpips", "psnr")}
+    cases = _cases(data)
     return _environment().get_template("report.html").render(
-        data=data, cases=_cases(data), charts=charts, stats=stats, table_metrics=TABLE_METRICS,
+        data=data, cases=cases, gallery=_gallery(data, cases), charts=charts, stats=stats, table_metrics=TABLE_METRICS,
         card_metrics=CARD_METRICS, run_name=data.run_dir.resolve().name,
         thresholds=data.gate.source)
