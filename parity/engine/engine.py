@@ -27,6 +27,7 @@ from ..knobs.schedule import mu_for_tokens, time_shift
 from ..knobs.sizing import size_plan
 from ..knobs.text import T5_MAX_TOKENS, apply_token_weights
 from .loader import DTYPES, load_pipeline, load_text_encoders, pick_device, resolve_base
+from .quantize import load_cached
 from .lora import LoraApplier, LoraFile, load_lora_file
 from .timing import StageTimer, peak_memory, reset_peak_memory
 
@@ -109,8 +110,11 @@ class Engine:
                 self._lora_files.clear()  # audited against the evicted transformer
                 self._prompt_cache.clear()
                 self._control_cache.clear()
-            pipe = load_pipeline(self.base, dtype, self.device, self.offload)
-            self._quantize(pipe, lookup("quantize", quantize)(), dtype)
+            plan = lookup("quantize", quantize)()
+            cache = self._quantized_cache(plan, dtype)
+            built = load_cached(cache, self.base, DTYPES[dtype]) if cache and cache.is_dir() else {}
+            pipe = load_pipeline(self.base, dtype, self.device, self.offload, built)
+            self._quantize(pipe, plan, cache, tuple(built))
             if channels_last:
                 pipe.vae.to(memory_format=torch.channels_last)
             if compile:
@@ -121,14 +125,21 @@ class Engine:
         self._pipelines.move_to_end(key)
         return self._pipelines[key]
 
-    def _quantize(self, pipe, plan, dtype: str) -> None:
-        """Store the weights as ``plan`` (``parity.knobs.quantize.Quantization``) says; quanto weights come from
-        the cache folder when it holds them for this base and dtype."""
+    def _quantized_cache(self, plan, dtype: str) -> Path | None:
+        """The cache folder of quanto weights for this base, dtype and qtype (None: no cache, or not quanto)."""
+        from .quantize import cache_folder
+
+        if plan.kind != "quanto" or self.cache_dir is None:
+            return None
+        return cache_folder(self.cache_dir, self.base, dtype, plan.qtype)
+
+    def _quantize(self, pipe, plan, cache: Path | None, cached: tuple[str, ...]) -> None:
+        """Store the weights as ``plan`` (``parity.knobs.quantize.Quantization``) says; ``cached``: quanto
+        components the pipeline was built with from ``cache`` (already quantized)."""
         from . import quantize as q
 
         if plan.kind == "quanto":
-            cache = q.cache_folder(self.cache_dir, self.base, dtype, plan.qtype) if self.cache_dir else None
-            q.quantize_pipeline(pipe, plan.qtype, cache=cache)
+            q.quantize_pipeline(pipe, plan.qtype, cache=cache, cached=cached)
         elif plan.kind == "fp8":
             pipe.transformer._parity_storage = q.store_fp8(pipe.transformer, plan.fp8)
             if plan.fast:

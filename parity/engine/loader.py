@@ -41,7 +41,8 @@ def resolve_base(base: str | os.PathLike | None) -> str:
     return str(base)
 
 
-def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "none"):
+def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "none", components: dict | None = None):
+    """``components``: modules already built (quantized weights from the cache), not read from the base."""
     from diffusers import FluxKontextPipeline
     from diffusers.utils import logging as dlogging
 
@@ -62,7 +63,7 @@ def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "n
     tlogging.disable_progress_bar()
     try:
         pipe = FluxKontextPipeline.from_pretrained(base, dtype=DTYPES[dtype], local_files_only=local,
-                                                   use_safetensors=True)  # never a pickled .bin
+                                                   use_safetensors=True, **(components or {}))  # never a .bin
     except (OSError, ValueError, EnvironmentError) as err:
         raise ParityError(f"cannot load the base model: {err}", source=base) from None
     pipe.set_progress_bar_config(disable=True)
