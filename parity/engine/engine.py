@@ -27,8 +27,8 @@ from ..knobs.schedule import mu_for_tokens, time_shift
 from ..knobs.sizing import size_plan
 from ..knobs.text import T5_MAX_TOKENS, apply_token_weights
 from .loader import DTYPES, load_pipeline, load_text_encoders, pick_device, resolve_base
-from .quantize import load_cached
 from .lora import LoraApplier, LoraFile, load_lora_file
+from .quantize import load_cached
 from .timing import StageTimer, peak_memory, reset_peak_memory
 
 SHOWN_CHARS = 80  # of a truncated prompt's dropped end, in a warning
