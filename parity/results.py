@@ -176,7 +176,7 @@ def selected(rows: list[dict], planned: list[dict] | None, expression: str | Non
 
 
 def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
-    """The newest row of each case of the run's plan, in first-seen order (a rerun after a fix
+    """The newest row of each case of the run's plan, in the plan's order (a rerun after a fix
     replaces an error row). ``strict``: a row without a name or an ok/error status is an error
     (a gate must not pass on rows it could not read); otherwise it is skipped."""
     rows = []
@@ -188,8 +188,10 @@ def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
             continue
         rows.append(row)
     planned = planned_cases(run_dir)
-    names = None if planned is None else {case["name"] for case in planned}
-    return [row for name, row in newest(rows).items() if names is None or name in names]
+    if planned is None:
+        return list(newest(rows).values())
+    order = {case["name"]: i for i, case in enumerate(planned)}  # the plan's order, not the order computed in
+    return sorted((row for name, row in newest(rows).items() if name in order), key=lambda row: order[row["name"]])
 
 
 def read_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
