@@ -246,8 +246,9 @@ from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converte
 @main.command("import")
 @click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", required=True, type=click.Choice(list(REQUEST_FORMATS)),
-              help="The API the request body was sent to, or comfyui for a ComfyUI workflow (API or UI format "
-                   "JSON, or a PNG ComfyUI saved).")
+              help="The API the request body was sent to (prodia: a Prodia Kontext [dev] job), or comfyui for a "
+                   "ComfyUI workflow (API or UI format JSON, or a PNG ComfyUI saved). A JSON array of bodies (as "
+                   "`parity advise` writes) imports every body.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Case file to write (default: print it; paths in it are then absolute).")
 @click.option("--control-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -259,13 +260,17 @@ from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converte
 @click.option("--base", default=None,
               help="Base model written into the case file: a diffusers folder or a model id (for a ComfyUI "
                    "workflow, the model its UNETLoader file holds).")
-def import_request(request, fmt, out, control_dir, lora_dir, base):
+@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The image a body does not carry (a Prodia job's multipart `input` part); repeat it for a JSON "
+                   "array of jobs, one per job in order, or give one for all.")
+def import_request(request, fmt, out, control_dir, lora_dir, base, inputs):
     """Turn REQUEST (a JSON body sent to a serving API, or a ComfyUI workflow) into a case file of that
     system's profile."""
     from .importers import import_request as convert
     from .plan import load_plan
 
-    text, notes = convert(request, fmt, out=out, control_dir=control_dir, lora_dir=lora_dir, base=base)
+    text, notes = convert(request, fmt, out=out, control_dir=control_dir, lora_dir=lora_dir, base=base,
+                          inputs=inputs)
     for note in notes:
         click.echo(f"note: {note}", err=True)
     if out is None:
