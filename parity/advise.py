@@ -174,7 +174,9 @@ class Advisor:
 
         if not previews:
             raise ParityError("no preview to advise on")
-        self.profile = load_profile(profile).name
+        loaded = load_profile(profile)
+        self.profile = loaded.name
+        self.lora_mode = loaded.knobs.get("lora_mode")  # how the system applies a LoRA (for the attribution)
         self.fmt = request_format(self.profile)
         self.exporter = exporter(self.fmt)
         self.previews = previews
@@ -441,8 +443,10 @@ class Advisor:
 
         A group counts as the user's when some request the search tried gave AI Toolkit's values for it (then a
         difference is the search's choice, listed apart); the others are the system's fixed behaviour or a
-        field's limits. The output encoding is no cause of the verdict's gap where every preview is a JPEG (its
-        verdict sees the pipeline's pixels); it is still measured for the perceptual gap."""
+        field's limits. The output encoding is no cause where every preview is a JPEG: both measures compare the
+        output compressed like the preview. A LoRA the system cannot take at all is added as the system's
+        profile applies one (its lora_mode), since AI Toolkit's own mode may not run on its weights."""
+        jpeg = all(row is not None and row.get("jpeg_excess") is not None for _, row in references.values())
         for group, names in _groups():
             differing = [p for p in self.search_set if _differs(advised[p.name][0], references[p.name][0], names)]
             if not differing:
@@ -453,8 +457,21 @@ class Advisor:
             if reachable:
                 advice.chosen_differently.append({"group": group, **detail})
                 continue
-            flipped = [self.attach(advised[p.name][0].replace(**{n: getattr(references[p.name][0], n) for n in names}),
-                                   p, "flip-") if p in differing else advised[p.name][0] for p in self.search_set]
+            if jpeg and set(names) <= set(ENCODING):
+                advice.causes.append({"group": group, **detail, "unseen": "the previews are JPEGs: both gaps compare "
+                                      "the output compressed like the preview, whatever the system delivers"})
+                continue
+            flipped = []
+            for p in self.search_set:
+                case, reference = advised[p.name][0], references[p.name][0]
+                if p in differing:
+                    changes = {n: getattr(reference, n) for n in names}
+                    if "loras" in names and not case.loras and self.lora_mode:
+                        changes["loras"] = tuple(dataclasses.replace(lora, mode=self.lora_mode)
+                                                 for lora in reference.loras)
+                        detail["added_as"] = f"lora_mode {self.lora_mode}, as the {self.profile} profile applies one"
+                    case = self.attach(case.replace(**changes), p, "flip-")
+                flipped.append(case)
             try:
                 rows = self.run(flipped)
             except ParityError as err:
@@ -637,8 +654,8 @@ def _detail(advised: dict, references: dict, group: str, names, previews) -> dic
     out = {"effective": {}, "fields": {}}
     columns = EFFECTIVE.get(group, ())
     if columns:
-        mine = _distinct("x".join(str((advised[p.name][1] or {}).get(c)) for c in columns) for p in previews)
-        theirs = _distinct("x".join(str((references[p.name][1] or {}).get(c)) for c in columns) for p in previews)
+        mine = _distinct("x".join(_shown((advised[p.name][1] or {}).get(c)) for c in columns) for p in previews)
+        theirs = _distinct("x".join(_shown((references[p.name][1] or {}).get(c)) for c in columns) for p in previews)
         if mine != theirs:
             out["effective"][" x ".join(c.removeprefix("eff_") for c in columns)] = {"request": mine, "aitk": theirs}
     for n in names:
@@ -647,6 +664,10 @@ def _detail(advised: dict, references: dict, group: str, names, previews) -> dic
         if mine != theirs:
             out["fields"][n] = {"request": mine, "aitk": theirs}
     return out
+
+
+def _shown(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _distinct(values) -> list:
@@ -690,10 +711,14 @@ def summary(advice: Advice) -> str:
         for cause in advice.causes:
             if "error" in cause:
                 lines.append(f"  {cause['group']}: not measurable alone ({cause['error']}): {_what(cause)}")
+            elif "unseen" in cause:
+                lines.append(f"  {cause['group']}: no cause ({cause['unseen']}): {_what(cause)}")
             else:
                 change = cause["change"]
                 lines.append(f"  {cause['group']}: {_pair(gap['advised'])} -> {_pair(cause['score'])} "
                              f"({change[0]:+.3g} / {change[1]:+.3g}): {_what(cause)}")
+        lines.append(f"  every difference set back at once is AI Toolkit's own redraw: {_pair(gap['aitk_preview'])} "
+                     "(what no group explains alone, groups do together)")
     for chosen in advice.chosen_differently:
         lines.append(f"  {chosen['group']}: the search preferred {_what(chosen)}")
     if advice.usual:
@@ -717,6 +742,8 @@ def summary(advice: Advice) -> str:
 def _what(entry: dict) -> str:
     parts = [f"{k} {_short(v['request'])} (AI Toolkit: {_short(v['aitk'])})" for k, v in entry["effective"].items()]
     parts += [f"{k} {_short(v['request'])} (AI Toolkit: {_short(v['aitk'])})" for k, v in entry["fields"].items()]
+    if entry.get("added_as"):
+        parts.append(f"added with {entry['added_as']}")
     return "; ".join(parts)
 
 

@@ -182,3 +182,57 @@ def test_cli_advise_help_and_bad_input(tmp_path):
     assert result.exit_code == 2 and "selects no preview" in result.output
     with pytest.raises(ParityError, match="no preview to advise on"):
         Advisor("fal", [], out=tmp_path / "x.json", run_dir=tmp_path)
+
+
+STEP_RANGES = {"fal": (10, 50), "oxen": (4, 50), "lumenfall": (10, 50), "prodia": (1, 50), "aitk-inference": (1, 150),
+               "comfyui": (1, 10000)}
+
+
+@pytest.mark.parametrize("fmt", list(STEP_RANGES))
+def test_every_choice_writes_a_request_its_importer_reads_back(fmt, previews, tmp_path):
+    """No model: each field's every choice, written for both demo runs' previews, imports back; the starting request
+    (the preview's own values) comes back with the preview's seed, steps (the nearest the system takes), guidance and
+    LoRA file and scale."""
+    from parity.exporters import Files, exporter
+    from parity.importers import import_body
+
+    chosen = previews + select_previews([str(DEMO / "tiny_odd")], "last")
+    module = exporter(fmt)
+    fields = module.fields(chosen)
+    files = Files(tmp_path / "files")
+
+    def imported(picks):
+        items = [(p, {f.name: c.resolve(p) for f, c in zip(fields, picks)}) for p in chosen]
+        inputs = module.inputs(items) if hasattr(module, "inputs") else ()
+        dicts, _ = import_body(module.document(items, files), fmt, source=tmp_path / "advised.json",
+                               write_dir=tmp_path / "in", control_dir=tmp_path / "files" / "input",
+                               lora_dir=tmp_path / "files" / "loras", inputs=inputs)
+        assert len(dicts) == len(chosen)
+        return dicts
+
+    for index, field in enumerate(fields):
+        for choice in [field.default, *field.choices]:
+            picks = [f.choices[0] for f in fields]
+            picks[index] = choice
+            imported(picks)
+    lo, hi = STEP_RANGES[fmt]
+    for case, preview in zip(imported([f.choices[0] for f in fields]), chosen):
+        assert case["seed"] == preview.seed
+        assert case["steps"] == max(lo, min(hi, preview.steps))
+        assert case["guidance"] == preview.guidance
+        assert Path(case["control_image"]).read_bytes() == Path(preview.control_image).read_bytes()
+        if fmt in ("fal", "aitk-inference", "comfyui"):
+            [(path, scale)] = case["loras"]
+            assert Path(path).read_bytes() == Path(preview.loras[0].path).read_bytes()
+            assert scale == preview.loras[0].scale
+        else:
+            assert "loras" not in case  # the API has no LoRA field
+
+
+def test_a_rerun_resumes_every_case(advised, engine):
+    advice, root, chosen = advised("aitk-inference")
+    again = Advisor("aitk-inference", chosen, out=Path(advice.request_file), run_dir=root / "run", engine=engine,
+                    search_previews=1, usual_previews=1, usual={"width": 192, "height": 192, "steps": 8, "guidance": 4.0},
+                    attribution=False, fields=PROFILES["aitk-inference"], log=lambda _: None).advise()
+    assert again.cases_computed == 0 and again.cases_reused == advice.cases_computed + advice.cases_reused
+    assert again.gap == advice.gap and again.advised == advice.advised

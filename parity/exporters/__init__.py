@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..case import Case
 from ..errors import ParityError
@@ -99,9 +99,9 @@ def guidance_field(name: str, default: float, lo: float, hi: float | None) -> Fi
 
 
 def seed_field(name: str, default_label: str) -> Field:
-    """The preview's seed draws the preview's noise; the default (random: 0 here) shows what that is worth."""
-    default_choice = Choice(default_label)
-    return Field(name, default_choice, (Choice("the preview's", lambda p: p.seed), default_choice))
+    """The preview's seed draws the preview's noise; any other seed could only win by chance, so it is the one
+    choice (the default, a random seed, is what the system's defaults are measured with)."""
+    return Field(name, Choice(default_label), (Choice("the preview's", lambda p: p.seed),))
 
 
 def lora_scale(preview: Case, factor: float = 1.0, lo: float = -100.0, hi: float = 100.0) -> float | None:
@@ -179,13 +179,3 @@ def _same_file(target: Path, source: Path, copy: bool) -> bool:
     if not copy and target.is_symlink():
         return target.resolve() == source
     return target.is_file() and target.read_bytes() == source.read_bytes()
-
-
-def values_key(values: dict) -> str:
-    """A short stable id of resolved field values (names the cases one request gives)."""
-    import json
-
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-Policy = Callable[[Case], Any]

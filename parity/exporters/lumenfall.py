@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..case import Case
 from ..importers.fal import GUIDANCE, STEPS
-from ..knobs.sizing import LUMENFALL_1K, nearest_ratio
 from . import Choice, Field, Files, guidance_field, output_size, seed_field, steps_field
 
 FORMAT = "lumenfall"
@@ -14,10 +13,6 @@ MODEL = "flux.1-kontext-dev"
 def preview_size(preview: Case) -> str:
     width, height = output_size(preview)
     return f"{width}x{height}"
-
-
-def nearest_1k_ratio(preview: Case) -> str:
-    return nearest_ratio(*output_size(preview), LUMENFALL_1K)
 
 
 def fields(previews: list[Case]) -> list[Field]:
