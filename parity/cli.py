@@ -328,8 +328,9 @@ from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converte
 @main.command("import")
 @click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", required=True, type=click.Choice(list(REQUEST_FORMATS)),
-              help="The API the request body was sent to, or comfyui for a ComfyUI workflow (API or UI format "
-                   "JSON, or a PNG ComfyUI saved).")
+              help="The API the request body was sent to (prodia: a Prodia Kontext [dev] job), or comfyui for a "
+                   "ComfyUI workflow (API or UI format JSON, or a PNG ComfyUI saved). A JSON array of bodies (as "
+                   "`parity advise` writes) imports every body.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Case file to write (default: print it; paths in it are then absolute).")
 @click.option("--control-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -341,13 +342,17 @@ from .importers import FORMATS as REQUEST_FORMATS  # noqa: E402 (cheap: converte
 @click.option("--base", default=None,
               help="Base model written into the case file: a diffusers folder or a model id (for a ComfyUI "
                    "workflow, the model its UNETLoader file holds).")
-def import_request(request, fmt, out, control_dir, lora_dir, base):
+@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The image a body does not carry (a Prodia job's multipart `input` part); repeat it for a JSON "
+                   "array of jobs, one per job in order, or give one for all.")
+def import_request(request, fmt, out, control_dir, lora_dir, base, inputs):
     """Turn REQUEST (a JSON body sent to a serving API, or a ComfyUI workflow) into a case file of that
     system's profile."""
     from .importers import import_request as convert
     from .plan import load_plan
 
-    text, notes = convert(request, fmt, out=out, control_dir=control_dir, lora_dir=lora_dir, base=base)
+    text, notes = convert(request, fmt, out=out, control_dir=control_dir, lora_dir=lora_dir, base=base,
+                          inputs=inputs)
     for note in notes:
         click.echo(f"note: {note}", err=True)
     if out is None:
@@ -357,6 +362,82 @@ def import_request(request, fmt, out, control_dir, lora_dir, base):
     out.write_text(text, encoding="utf-8")
     plan = load_plan(out)  # the file must expand: an importer bug fails here, not at `parity run`
     click.echo(f"{len(plan.cases)} case(s) -> {out}", err=True)
+
+
+DEMO_RUNS = Path(__file__).resolve().parent / "data" / "demo-runs"
+
+
+def _train_steps(value: str):
+    """last | first | comma-separated training steps."""
+    if value in ("last", "first"):
+        return value
+    try:
+        steps = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        steps = []
+    if not steps:
+        raise click.BadParameter(f'"{value}" is neither last, first nor training steps such as 10,20')
+    return steps
+
+
+@main.command()
+@click.option("--profile", "profile", required=True,
+              help="The serving system: fal, oxen, lumenfall, prodia-dev, aitk-inference or comfyui "
+                   "(`parity profiles` lists them).")
+@click.option("--previews", "previews", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="AI Toolkit run folder whose previews to match; repeatable (default: the demo runs "
+                   "parity/data/demo-runs/*).")
+@click.option("--train-steps", default="last", show_default=True,
+              help="Which previews of each run: last, first, or training steps such as 10,20.")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="AI Toolkit job config, when --previews is a bare samples/ folder.")
+@click.option("--ctrl-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder in which to find control images whose training-machine paths do not exist here.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The request file to write, in the system's own format: a JSON array of request bodies (one per "
+                   "preview) or, for comfyui, one API-format workflow with a branch per preview, its images and "
+                   "LoRAs in OUT-files/ (default: RUN_DIR/<profile>.json).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/advise"),
+              show_default=True, help="Run folder of every case the advice measures; rerunning resumes, and "
+                                      "profiles advised into one folder share AI Toolkit's own redraws.")
+@click.option("--base", default=None, help="Base model the previews were drawn with (default: embedded for the demo "
+                                           "runs, black-forest-labs/FLUX.1-Kontext-dev with --previews).")
+@click.option("--search-previews", type=click.IntRange(min=1), default=2, show_default=True,
+              help="How many previews the search measures each choice on (taken from the runs in turn); the advised "
+                   "request is then checked on every preview.")
+@click.option("--usual-previews", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Previews redrawn at the real model's usual settings (1024x1024, 20 steps, guidance 4) to "
+                   "estimate the gap there; 0 skips the estimate.")
+@click.option("--fields", default=None,
+              help="Comma-separated request fields to search (default: all the system exposes); the others keep "
+                   "the preview's value or the system's default.")
+@click.option("--no-attribution", is_flag=True,
+              help="Skip measuring which fixed behaviours of the system cause the remaining gap.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine).")
+def advise(profile, previews, train_steps, config, ctrl_root, out, run_dir, base, search_previews, usual_previews,
+           fields, no_attribution, device, threads):
+    """Search the request fields PROFILE's system exposes for the request that best redraws the previews, write
+    it in the system's format, and say what gap remains, which fixed behaviours cause it, and what it would be
+    at the real model's usual settings."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from .advise import Advisor, select_previews
+
+    runs = [str(p) for p in previews] or [str(p) for p in sorted(DEMO_RUNS.iterdir()) if p.is_dir()]
+    base = base or ("black-forest-labs/FLUX.1-Kontext-dev" if previews else "embedded")
+    chosen = select_previews(runs, _train_steps(train_steps), config=str(config) if config else None,
+                             ctrl_root=str(ctrl_root) if ctrl_root else None)
+    names = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
+    advisor = Advisor(profile, chosen, out=out or run_dir / f"{profile}.json", run_dir=run_dir, base=base,
+                      device=device, search_previews=search_previews, usual_previews=usual_previews,
+                      attribution=not no_attribution, fields=names, log=lambda text: click.echo(text, err=True))
+    from .advise import summary
+
+    click.echo(summary(advisor.advise()))
 
 
 if __name__ == "__main__":

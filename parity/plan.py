@@ -247,6 +247,11 @@ def _build(base_fields: dict, spec: dict, root: Path, prefix: str | None = None)
         fields_ = profile.apply(fields_)
         tags["profile"] = profile.name
     fields_.update(own)
+    if profile_name and profile.assumed:  # the profile's assumed values this case still has (reports mark them)
+        given = {**profile.defaults, **profile.knobs}
+        kept = [f"{f}={given[f]}" for f in profile.assumed if f in fields_ and fields_[f] == given[f]]
+        if kept:
+            tags["assumed"] = " ".join(kept)
     fields_["tags"] = tags
     fields_["name"] = full_name
     lora_mode = fields_.pop("lora_mode", None)

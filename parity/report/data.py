@@ -78,6 +78,17 @@ class ReportData:
         """Gated cases of the plan that have no row."""
         return [c.row["name"] for c in self.gate.cases if c.row.get("status") == "missing"]
 
+    @property
+    def assumptions(self) -> list[tuple[str, list[str]]]:
+        """(profile, ["field=value", ...]) of every profile whose values the rows carry as assumed (the
+        system's documents are silent there; the profile's `assumed:` list, tag `assumed`)."""
+        seen: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.get("tag_profile") and row.get("tag_assumed"):
+                kept = seen.setdefault(row["tag_profile"], [])
+                kept += [item for item in str(row["tag_assumed"]).split() if item not in kept]
+        return list(seen.items())
+
     def delta_of(self, name: str) -> dict | None:
         return next((d for d in self.deltas if d["name"] == name), None)
 

@@ -42,6 +42,9 @@ def render(data: ReportData, html_name: str) -> str:
     lines += _table(("verdicts", *counts), [("gated cases", *counts.values()), ("all compared cases", *everything.values())])
     lines += [f"Hardware: {cell(text)}" + (f" ({n} cases)" if len(data.hardware) > 1 else "") for _, text, n in data.hardware]
     lines += [""] if data.hardware else []
+    if data.assumptions:
+        lines += ["Assumed values (the system's documents are silent; see each profile's notes):", ""]
+        lines += [f"- {cell(profile)}: {cell(', '.join(items))}" for profile, items in data.assumptions] + [""]
     if data.missing:
         lines += [f"**{len(data.missing)} gated case(s) have no result row** (the run is incomplete): "
                   + cell(", ".join(data.missing[:10])), ""]
