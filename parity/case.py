@@ -14,13 +14,15 @@ from typing import Any
 
 from .errors import ParityError, did_you_mean
 from .knobs import choices
+from .validate import checked
 
 DTYPES = ("bf16", "fp16", "fp32")
-QUANTIZE = ("none", "qfloat8")
 
 
-def _knob(family: str, default: str, doc: str):
-    return field(default=default, metadata={"family": family, "doc": doc})
+def _knob(family: str, default: str, doc: str, *, keyed_if_set: bool = False):
+    """A knob field. ``keyed_if_set``: a field added after results were first stored; at its default it
+    stays out of the case key, so earlier runs still resume."""
+    return field(default=default, metadata={"family": family, "doc": doc, "keyed_if_set": keyed_if_set})
 
 
 def _num(default, doc: str, lo, hi, *, integer: bool = False, nullable: bool = False):
@@ -66,6 +68,8 @@ class Case:
     prompt: str = field(default="", metadata={"doc": "the edit instruction, after trigger words and flags"})
     control_image: str | None = _path("path of the control (input) image")
     preview: str | None = _path("path of the image this output should reproduce")
+    base_preview: str | None = _path("the base model's image for the same arguments (AI Toolkit's step-0 preview): "
+                                     "the LoRA's own effect is measured against it")
     # sampling
     steps: int = _num(28, "denoising steps", 1, 1000, integer=True)
     guidance: float = _num(3.5, "guidance value (embedding for distilled guidance)", 0.0, 100.0)
@@ -74,6 +78,7 @@ class Case:
     true_cfg_scale: float = _num(1.0, "true CFG scale (true_cfg runs only when > 1)", 0.0, 100.0)
     seed: int = _num(0, "noise seed", 0, 2**63 - 1, integer=True)
     generator: str = _knob("generator", "cpu", "cpu | global | cuda")
+    noise: str = _knob("noise", "latent", "how the initial noise is drawn (dtype, device)", keyed_if_set=True)
     # sizes
     width: int = _num(1024, "requested output width", 16, 16384, integer=True)
     height: int = _num(1024, "requested output height", 16, 16384, integer=True)
@@ -81,6 +86,8 @@ class Case:
     snap: str = _knob("snap", "none", "snapping rule for the requested size")
     max_area: int | None = _num(1024 * 1024, "pipeline max_area (null: width*height after snapping)", 256,
                                 16384 * 16384, integer=True, nullable=True)
+    latent_padding: str = _knob("latent_padding", "none", "output sides floored to 16 (none) or 8 (circular padding)",
+                                keyed_if_set=True)
     # control image preparation
     control_exif_transpose: bool = field(default=False, metadata={"doc": "apply EXIF orientation"})
     control_alpha: str = _knob("alpha", "drop", "drop | white")
@@ -89,15 +96,26 @@ class Case:
     control_fit: str = _knob("fit", "stretch", "stretch | fit | crop")
     control_auto_resize: bool = field(default=True, metadata={"doc": "snap to a preferred Kontext resolution"})
     control_pipeline_resize: str = _knob("resize", "lanczos", "filter of the pipeline's own resize")
+    control_encode: str = _knob("control_encode", "resize16", "the pipeline's step before the VAE: resize16 | crop8",
+                                keyed_if_set=True)
     # scheduler
     sigma_schedule: str = _knob("sigma_schedule", "flux", "un-shifted sigmas")
     dynamic_shifting: bool = field(default=True, metadata={"doc": "resolution-dependent shift (mu)"})
     shift: float = _num(3.0, "static shift when dynamic shifting is off", 0.01, 100.0)
     base_shift: float = _num(0.5, "mu at base_image_seq_len", -10.0, 10.0)
     max_shift: float = _num(1.15, "mu at max_image_seq_len", -10.0, 10.0)
+    sampler: str = _knob("sampler", "flow_match_euler", "the denoising step: flow_match_euler | euler_x0",
+                         keyed_if_set=True)
+    latent_dtype: str = _knob("latent_dtype", "model", "the sampler state's dtype: model | fp32", keyed_if_set=True)
+    timestep_dtype: str = _knob("timestep_dtype", "model", "precision of the timestep's embedding input: model | fp32",
+                                keyed_if_set=True)
+    # prompt
+    prompt_encoding: str = _knob("prompt_encoding", "diffusers", "tokens, padding and weights of CLIP and T5",
+                                 keyed_if_set=True)
+    text_encoder_dtype: str = _knob("text_encoder_dtype", "pipeline", "precision of CLIP and T5", keyed_if_set=True)
     # numerics
     dtype: str = field(default="bf16", metadata={"doc": "bf16 | fp16 | fp32", "choices": DTYPES})
-    quantize: str = field(default="none", metadata={"doc": "none | qfloat8 (transformer and T5)", "choices": QUANTIZE})
+    quantize: str = _knob("quantize", "none", "none | qfloat8 (transformer and T5) | fp8_* (transformer)")
     loras: tuple[LoraSpec, ...] = field(default=(), metadata={"doc": "LoRAs: [path, scale, mode]"})
     # speed knobs (they change the arithmetic, so they can change pixels)
     attention_backend: str = _knob("attention_backend", "native", "diffusers attention backend")
@@ -106,6 +124,7 @@ class Case:
     # output
     output_format: str = _knob("output_format", "png", "png | jpeg | webp")
     output_quality: int | None = _num(None, "JPEG/WebP quality", 1, 100, integer=True, nullable=True)
+    output_uint8: str = _knob("output_uint8", "round", "VAE output to 8 bits: round | truncate", keyed_if_set=True)
     # bookkeeping (not knobs): where the case came from, whether the gate counts it
     gated: bool = field(default=True, metadata={"doc": "count this case in `parity check`"})
     tags: tuple[tuple[str, str], ...] = field(default=(), metadata={"doc": "free labels (profile, checkpoint, ...)"})
@@ -152,11 +171,18 @@ class Case:
         data.update({f"tag_{k}": v for k, v in tags.items()})
         return data
 
-    def key(self) -> str:
-        """Stable id of everything that decides the output (name and gating excluded)."""
+    def key(self, pixels_only: bool = False) -> str:
+        """Stable id of everything that decides the output (name and gating excluded); ``pixels_only``:
+        of what decides the pipeline's pixels, so cases that differ only in how the output is encoded
+        (format, quality) share it."""
         data = self.to_dict()
-        for skip in ("name", "gated", "tags", "preview"):
+        for skip in ("name", "gated", "tags", "preview", "base_preview"):
             data.pop(skip)
+        if pixels_only:
+            data.pop("output_format"), data.pop("output_quality")
+        for f in fields(self):
+            if f.metadata.get("keyed_if_set") and data[f.name] == f.default:
+                data.pop(f.name)
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -169,25 +195,15 @@ class Case:
 
 
 def _validate(obj, where: str) -> None:
-    """Knob names, choices and number ranges, as each field's metadata declares them."""
+    """Knob names, choices and number ranges, as each field's metadata declares them (``parity.validate``)."""
     for f in fields(obj):
-        value = getattr(obj, f.name)
-        family = f.metadata.get("family")
-        if family and value not in choices(family):
-            raise ParityError(
-                f'{where}: {f.name} "{value}" is not known{did_you_mean(value, choices(family))};'
-                f" choose one of: {', '.join(choices(family))}"
-            )
-        allowed = f.metadata.get("choices")
-        if allowed and value not in allowed:
-            raise ParityError(f'{where}: {f.name} "{value}" is not one of {", ".join(allowed)}'
-                              f"{did_you_mean(value, allowed)}")
-        if "range" in f.metadata and value is not None:
-            lo, hi = f.metadata["range"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParityError(f"{where}: {f.name} must be a number, not {value!r}")
-            if not lo <= value <= hi:
-                raise ParityError(f"{where}: {f.name}={value} is outside [{lo}, {hi}]")
+        value, meta = getattr(obj, f.name), f.metadata
+        allowed = choices(meta["family"]) if meta.get("family") else meta.get("choices")
+        if allowed is not None:
+            checked(value, "string", f"{where}: {f.name}", choices=allowed)
+        elif "range" in meta and value is not None:
+            checked(value, "integer" if meta["integer"] else "number", f"{where}: {f.name}", lo=meta["range"][0],
+                    hi=meta["range"][1])
 
 
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
@@ -200,26 +216,13 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             value = [value]
         return tuple(LoraSpec.from_value(v, f"{where}, loras[{i}]") for i, v in enumerate(value))
     if name == "tags":
-        if not isinstance(value, dict):
-            raise ParityError(f"{where}: tags must be a mapping")
-        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), str(v)) for k, v in checked(value, "mapping", f"{where}: tags").items()))
     if value is None:
         if meta.get("nullable"):
             return None
         raise ParityError(f"{where}: {name} cannot be null")
     if isinstance(f.default, bool):
-        if not isinstance(value, bool):
-            raise ParityError(f"{where}: {name} must be true or false, not {value!r}")
-        return value
+        return checked(value, "bool", f"{where}: {name}")
     if "range" in meta:
-        number = not isinstance(value, bool) and isinstance(value, (int, float))
-        if meta["integer"]:
-            if not number or int(value) != value:
-                raise ParityError(f"{where}: {name} must be an integer, not {value!r}")
-            return int(value)
-        if not number:
-            raise ParityError(f"{where}: {name} must be a number, not {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ParityError(f"{where}: {name} must be a string, not {value!r}")
-    return value
+        return checked(value, "integer" if meta["integer"] else "number", f"{where}: {name}")
+    return checked(value, "string", f"{where}: {name}")

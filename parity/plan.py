@@ -22,11 +22,13 @@ from pathlib import Path
 from .case import Case, LoraSpec
 from .errors import ParityError, did_you_mean
 from .profiles import load_profile
+from .validate import checked, is_integer
 from .yamlfile import read_yaml_mapping
 
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
 PREVIEW_KEYS = ("runs", "train_steps", "ctrl_root", "config", "unpaired")
-PATH_FIELDS = ("control_image", "preview")
+PATH_FIELDS = ("control_image", "preview", "base_preview")
+PREVIEW_PROFILE = "aitk-preview"  # a variant without a profile redraws the preview as AI Toolkit drew it
 
 
 @dataclass
@@ -64,7 +66,7 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
             raise ParityError(f'previews: unknown key "{key}"{did_you_mean(key, PREVIEW_KEYS)}')
     runs = [(run, Path.cwd()) for run in previews] if previews else [(run, root) for run in _runs(spec.get("runs"))]
     if runs:
-        from .aitk import load_run, preview_cases, preview_notes
+        from .aitk import load_run, preview_notes, preview_requests
 
         variants = _mappings(data, "variants") or [{"name": "baseline"}]
         steps = _step_selector(spec.get("train_steps"), "previews.train_steps")
@@ -75,24 +77,24 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
                            unpaired=unpaired or spec.get("unpaired", "error"))
             found = sorted({p.step for p in run.previews})
             picked = [p for p in run.previews if p.step in _selected(steps, found)]
-            chosen = [c for c in preview_cases(run) if int(c.tag("step")) in _selected(steps, found)]
+            chosen = [r for r in preview_requests(run) if r["tags"]["step"] in _selected(steps, found)]
             plan.notes += [f"{run.name}: {note}" for note in run.notes] + preview_notes(picked)
             if not picked:
                 raise ParityError(f"previews.train_steps {steps} selects no preview of {run.name} (its previews "
                                   f"are at steps {', '.join(map(str, found))})")
             if not chosen:
                 raise ParityError(f"no selected preview of {run.name} can be reproduced: {preview_notes(picked)[0]}")
-            reproducible = sorted({int(c.tag("step")) for c in chosen})
-            for preview_case in chosen:
-                base_fields = preview_case.to_dict()
+            reproducible = sorted({r["tags"]["step"] for r in chosen})
+            for request in chosen:
                 for j, variant_spec in enumerate(variants):
                     merged = {**defaults, **variant_spec}
                     merged.setdefault("name", f"variant{j}")
+                    merged.setdefault("profile", PREVIEW_PROFILE)
                     only = _step_selector(merged.pop("train_steps", None), f'variant "{merged["name"]}" train_steps')
-                    if int(preview_case.tag("step")) not in _selected(only, reproducible):
+                    if request["tags"]["step"] not in _selected(only, reproducible):
                         continue
                     for variant in _variants(merged):
-                        plan.cases.append(_build(base_fields, variant, root, prefix=preview_case.name))
+                        plan.cases.append(_build(request, variant, root, prefix=request["name"]))
     elif "previews" in data and not plan.cases:
         raise ParityError("previews: needs `runs:` (or pass --previews)")
     elif data.get("variants"):
@@ -148,8 +150,8 @@ def _step_selector(value, where: str):
     """None (every step), "last" / "first" (a run's final / earliest previews) or a list of training steps."""
     if value is None or value in ("last", "first"):
         return value
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return value
+    if isinstance(value, list) and value and all(is_integer(v) for v in value):
+        return [int(v) for v in value]
     raise ParityError(f'{where} must be "last", "first" or a list of training steps such as [10], not {value!r}')
 
 
@@ -185,7 +187,7 @@ def _variants(spec: dict) -> list[dict]:
                 one = dict(spec)
                 _apply_set(one, {knob: value})
                 one["name"] = f"{spec['name']}[{knob}={value}]"
-                one["tags"] = {**tags, "ablation": knob, "ablation_value": str(value)}
+                one["tags"] = {**tags, "ablation": knob, "ablation_value": str(value), "ablation_of": spec["name"]}
                 one.setdefault("gated", False)
                 out.append(one)
         return out
@@ -236,17 +238,26 @@ def _build(base_fields: dict, spec: dict, root: Path, prefix: str | None = None)
         loras = own["loras"] if isinstance(own["loras"], list) else [own["loras"]]
         own["loras"] = [_resolve_lora(v, root, f"{where}, loras[{i}]") for i, v in enumerate(loras)]
     fields_ = dict(base_fields)
+    if prefix:  # the variant of a preview, as data (calibrate and reports group by it)
+        tags["variant"] = name
+    if prefix and "ablation_of" in tags:  # the baseline case this one changes one knob of, by its full name
+        tags["ablation_of"] = f"{prefix}/{tags['ablation_of']}"
     if profile_name:
         profile = load_profile(profile_name, root)
         fields_ = profile.apply(fields_)
         tags["profile"] = profile.name
     fields_.update(own)
+    if profile_name and profile.assumed:  # the profile's assumed values this case still has (reports mark them)
+        given = {**profile.defaults, **profile.knobs}
+        kept = [f"{f}={given[f]}" for f in profile.assumed if f in fields_ and fields_[f] == given[f]]
+        if kept:
+            tags["assumed"] = " ".join(kept)
     fields_["tags"] = tags
     fields_["name"] = full_name
     lora_mode = fields_.pop("lora_mode", None)
     lora_scale = fields_.pop("lora_scale", None)
-    if lora_scale is not None and (isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float))):
-        raise ParityError(f"{where}: lora_scale must be a number, not {lora_scale!r}")
+    if lora_scale is not None:
+        lora_scale = checked(lora_scale, "number", f"{where}: lora_scale")
     loras = [LoraSpec.from_value(v, f"{where}, loras[{i}]") for i, v in enumerate(fields_.get("loras") or [])]
     fields_["loras"] = [{"path": lo.path, "scale": lo.scale if lora_scale is None else lora_scale,
                          "mode": lora_mode or lo.mode} for lo in loras]

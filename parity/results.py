@@ -8,64 +8,20 @@ regenerated atomically from it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 from .errors import ParityError
+from .files import PARTIAL, json_safe, write_atomic
+from .validate import is_integer
 
 ROWS = "results.jsonl"
 ROW_START = '{"name": '  # every row is written with its name first
-PARTIAL = ".partial"  # suffix of a write that a kill interrupted before its rename
 PLAN = "plan.json"  # the plan of the newest run into the folder
 SHARD = re.compile(r"results-rank(\d+)\.jsonl")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside the target, fsync, then rename over it.
-
-    A full disk or a folder that turned read-only is the user's to fix: a ParityError naming the file.
-    """
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise ParityError(f"cannot write: {err.strerror or err}", source=path) from None
-        raise
-
-
-def json_safe(value):
-    """Non-finite floats spelled "inf"/"-inf"/"nan" (strict JSON has none; float() reads them back)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
-def safe_name(name: str) -> str:
-    """A case name as a file name: readable, no path separators."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_")[:120] or "case"
 
 
 class ResultsStore:
@@ -123,20 +79,26 @@ class ResultsStore:
         """One row per case of the plan, the newest (see ``latest_rows``)."""
         return latest_rows(self.dir)
 
-    def merge(self) -> dict[str, Path]:
+    def merge(self, noise_k_for=None) -> dict[str, Path]:
         """A multi-process run's tables, on rank 0 once every process is done writing."""
         self.remove_partials()
-        return self.write_tables()
+        return self.write_tables(noise_k_for)
 
-    def write_tables(self) -> dict[str, Path]:
-        """results.csv and results.json (and results.parquet when pyarrow is present)."""
+    def write_tables(self, noise_k_for=None) -> dict[str, Path]:
+        """results.csv and results.json (and results.parquet when pyarrow is present), each compared
+        row with its verdict and the reason (``noise_k_for``: row -> k, the thresholds' own)."""
         import pandas as pd
 
+        from .verdict import NOISE_K, judge_rows
+
         rows = self.latest_rows()
+        verdicts = judge_rows(rows, noise_k_for or (lambda row: NOISE_K))
+        rows = [{**row, "verdict": verdicts[row["name"]].verdict, "verdict_reason": verdicts[row["name"]].reason}
+                if row["name"] in verdicts else row for row in rows]
         frame = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
                               for r in rows])
         paths = {"csv": self.dir / "results.csv", "json": self.dir / "results.json"}
-        write_atomic(paths["csv"], frame.to_csv(index=False))
+        write_atomic(paths["csv"], frame.map(spreadsheet_safe).to_csv(index=False))
         write_atomic(paths["json"], json.dumps(json_safe(rows), indent=1, default=str))
         try:
             import io
@@ -150,6 +112,15 @@ class ResultsStore:
         return paths
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell no spreadsheet runs as a formula: text starting with = + - @ tab or CR gets a leading
+    apostrophe (prompts and case names are user text; results.json keeps them as they are)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def row_files(run_dir: str | Path) -> list[Path]:
     """results.jsonl and the shards of a multi-process run, by rank (rank10 after rank2)."""
     run_dir = Path(run_dir)
@@ -160,7 +131,7 @@ def row_files(run_dir: str | Path) -> list[Path]:
 
 def _stamp(row: dict) -> int | None:
     value = row.get("finished_at")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return int(value) if is_integer(value) else None
 
 
 def _age(row: dict) -> tuple[bool, int]:
@@ -180,20 +151,32 @@ def newest(rows: list[dict], by: str = "name") -> dict:
     return latest
 
 
-def plan_names(run_dir: str | Path) -> set[str] | None:
-    """Case names of the folder's plan.json (None without one): cases since removed from the case file
-    must not linger in tables, reports and the gate."""
+def planned_cases(run_dir: str | Path) -> list[dict] | None:
+    """The cases of the folder's plan.json as {name, gated} (None without one): what a complete run has
+    a row for, and which cases since removed from the case file must not linger in tables and reports."""
     path = Path(run_dir) / PLAN
     if not path.is_file():
         return None
     try:
-        return {case["name"] for case in json.loads(path.read_text(encoding="utf-8"))["cases"]}
+        cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
+        return [{"name": case["name"], "gated": case.get("gated", True) is not False} for case in cases]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise ParityError(f"cannot read the plan of the run: {err}", source=path) from None
 
 
+def selected(rows: list[dict], planned: list[dict] | None, expression: str | None):
+    """Rows and planned cases narrowed to the names matching a -k expression (``parity.select``)."""
+    from .select import compile_selection
+
+    pick = compile_selection(expression)
+    rows = [row for row in rows if pick(row["name"])]
+    if not rows:
+        raise ParityError(f"-k {expression!r} matches no case of the run")
+    return rows, None if planned is None else [case for case in planned if pick(case["name"])]
+
+
 def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
-    """The newest row of each case of the run's plan, in first-seen order (a rerun after a fix
+    """The newest row of each case of the run's plan, in the plan's order (a rerun after a fix
     replaces an error row). ``strict``: a row without a name or an ok/error status is an error
     (a gate must not pass on rows it could not read); otherwise it is skipped."""
     rows = []
@@ -204,8 +187,11 @@ def latest_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
                                   source=run_dir)
             continue
         rows.append(row)
-    names = plan_names(run_dir)
-    return [row for name, row in newest(rows).items() if names is None or name in names]
+    planned = planned_cases(run_dir)
+    if planned is None:
+        return list(newest(rows).values())
+    order = {case["name"]: i for i, case in enumerate(planned)}  # the plan's order, not the order computed in
+    return sorted((row for name, row in newest(rows).items() if name in order), key=lambda row: order[row["name"]])
 
 
 def read_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
@@ -236,20 +222,3 @@ def read_rows(run_dir: str | Path, *, strict: bool = False) -> list[dict]:
                 continue
             rows.append(row)
     return rows
-
-
-def file_digest(path: str | Path, _cache: dict = {}) -> str:
-    """sha256 of a file's bytes, memoised per (path, size, mtime) for the life of the process."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        return "missing"
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _cache[key] = digest.hexdigest()[:16]
-    return _cache[key]

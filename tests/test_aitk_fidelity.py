@@ -5,13 +5,18 @@ pipeline) and <preview>.raw.png (its exact pixels before JPEG). LoRA pairing: st
 run's ``_000000010`` file, step 20 the final file; mode ``merged_fp32`` where AI Toolkit merged the
 network for the batch (``lora_merged_into_base``), ``branch`` where it did not.
 
-What the figures show (run with ``-s`` to see the table):
+What the figures show (run with ``-s`` to see the table), on a machine whose bf16 kernels are those of
+the machine that drew the previews (an AMD EPYC here):
 - step 0: bit-exact.
 - steps 10/20 with the run folder's float16 LoRA files: ~0.45/255 mean, SSIM > 0.9995.
 - with the float32 values AI Toolkit actually sampled with, plus AI Toolkit's merge/unmerge history
   (after a merged batch the bf16 base has drifted, up to 0.0039 here): bit-exact, every preview. So
   the remaining gap with the saved files is their float16 rounding (and, for tiny_odd step 20, that
   drift, which ``LoraApplier.aitk_merge_cycle`` replays).
+Exactness belongs to the hardware, not the settings: on a CPU with other bf16 kernels (an AMX-BF16 Xeon)
+the same cases land 0.36-0.70/255 away. So every preview must be `exact` or `noise` (within twice the
+floor the attention-kernel estimator measures), and the exact figures are asserted only where the
+machine proves it has the same kernels: every step-0 preview bit-exact.
 """
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from parity import noise
 from parity.case import Case, LoraSpec
+from parity.metrics import compare
+from parity.verdict import judge
 
 RUNS = ("tiny_bf16", "tiny_odd")
 FP32_SET = {10: "lora_A_fp32_as_sampled.safetensors", 20: "lora_B_fp32_as_sampled.safetensors"}
@@ -67,12 +75,18 @@ def case_from_sidecar(side: dict, demo_runs: Path, sidecars: Path, source: str =
     )
 
 
-def _compare(result, raw_png: Path) -> dict:
+def _compare(result, raw_png: Path, floor: dict | None = None) -> dict:
+    """Figures of the pipeline's pixels against AI Toolkit's, and the verdict with ``floor``."""
     ours = np.asarray(result.raw_image.convert("RGB"))
     theirs = np.asarray(Image.open(raw_png).convert("RGB"))
     assert ours.shape == theirs.shape, f"{raw_png.name}: size {ours.shape} != {theirs.shape}"
     diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return {"max": int(diff.max()), "mean": float(diff.mean()), "ssim": _ssim(ours, theirs)}
+    figures = {"max": int(diff.max()), "mean": float(diff.mean()), "ssim": _ssim(ours, theirs)}
+    if floor is not None:
+        row = {"name": raw_png.name, **compare(result.raw_image, Image.open(raw_png)),
+               **{f"noise_{k}": v for k, v in floor.items()}}
+        figures["verdict"] = judge(row).verdict
+    return figures
 
 
 def _merge_history(previews: list[dict]) -> dict[int, list[int]]:
@@ -94,17 +108,19 @@ def figures(engine, demo_runs, sidecars):
             case = case_from_sidecar(side, demo_runs, sidecars, "file")
             row = {"run": run, "preview": Path(side["file"]).name, "step": side["step"],
                    "mode": case.loras[0].mode if case.loras else "-", "multiplier": side["effective"]["network_multiplier"]}
-            row["file"] = _compare(engine.run(case), raw)
+            result = engine.run(case)
+            floor = noise.measure(engine, case, result, Image.open(raw), noise.estimators(1, "cpu"))
+            row["file"] = _compare(result, raw, floor)
             fp32_case = case_from_sidecar(side, demo_runs, sidecars, "fp32")
-            row["fp32"] = _compare(engine.run(fp32_case), raw) if case.loras else row["file"]
+            row["fp32"] = _compare(engine.run(fp32_case), raw, floor) if case.loras else row["file"]
             earlier = history[side["step"]] if case.loras else []
             if earlier:
                 with applier.restored_base():
                     row["drift"] = max(applier.aitk_merge_cycle(
                         engine.lora_file(str(_lora_path(demo_runs, sidecars, run, s, "fp32")), pipe.transformer), 1.0)
                         for s in earlier)
-                    row["fp32_history"] = _compare(engine.run(fp32_case), raw)
-                    row["file_history"] = _compare(engine.run(case), raw)
+                    row["fp32_history"] = _compare(engine.run(fp32_case), raw, floor)
+                    row["file_history"] = _compare(engine.run(case), raw, floor)
             else:
                 row["drift"] = 0.0
                 row["fp32_history"] = row["fp32"]
@@ -117,7 +133,7 @@ def figures(engine, demo_runs, sidecars):
 
 def _print_table(rows) -> None:
     def cell(f):
-        return f"{f['max']:3d} {f['mean']:.4f} {f['ssim']:.6f}"
+        return f"{f['max']:3d} {f['mean']:.4f} {f['ssim']:.6f} {f.get('verdict', ''):8s}"
 
     print("\n\nAI Toolkit previews vs engine raw pixels (0..255): max, mean abs diff, SSIM")
     print("history = AI Toolkit's earlier merge -> unmerge cycles replayed on the bf16 base first")
@@ -136,10 +152,27 @@ def test_every_preview_is_covered(figures, sidecars):
     assert {r["mode"] for r in figures} == {"-", "branch", "merged_fp32"}
 
 
-def test_step0_previews_are_exact(figures):
+@pytest.fixture(scope="module")
+def same_kernels(figures) -> bool:
+    """Whether this machine rounds bf16 as the one that drew the previews did: every step-0 preview (the
+    base model alone, nothing of ours in between) bit-exact. Only then can exactness be asserted."""
+    return all(r["file"]["max"] == 0 for r in figures if r["step"] == 0)
+
+
+def test_every_preview_is_exact_or_noise(figures):
+    """What the gate requires of a correct setup, on any machine: the run folder's own files reproduce
+    every preview within the noise floor."""
+    for r in figures:
+        assert r["file"]["verdict"] in ("exact", "noise"), r
+    print(f"\nverdicts with the run folder's files: "
+          f"{sum(r['file']['verdict'] == 'exact' for r in figures)} exact, "
+          f"{sum(r['file']['verdict'] == 'noise' for r in figures)} noise")
+
+
+def test_step0_previews_are_exact_where_the_kernels_match(figures, same_kernels):
     for r in figures:
         if r["step"] == 0:
-            assert r["file"]["max"] == 0, r
+            assert r["file"]["verdict"] == ("exact" if same_kernels else "noise"), r
 
 
 def test_lora_previews_with_saved_files_are_close(figures):
@@ -149,22 +182,23 @@ def test_lora_previews_with_saved_files_are_close(figures):
             assert r["file"]["ssim"] >= 0.999, r
 
 
-def test_fp32_weights_and_merge_history_reproduce_every_preview_exactly(figures):
-    """The float32 values AI Toolkit sampled with + its merge/unmerge drift: nothing is left."""
+def test_fp32_weights_and_merge_history_reproduce_every_preview(figures, same_kernels):
+    """The float32 values AI Toolkit sampled with + its merge/unmerge drift: nothing is left but the hardware."""
     for r in figures:
-        assert r["fp32_history"]["max"] == 0, r
+        verdict = r["fp32_history"]["verdict"]
+        assert verdict == "exact" if same_kernels else verdict in ("exact", "noise"), r
 
 
-def test_remaining_gap_is_the_float16_file(figures):
+def test_remaining_gap_is_the_float16_file(figures, same_kernels):
     lora_rows = [r for r in figures if r["step"] > 0]
-    # without a merge history to replay, fp32 weights alone are exact
-    for r in lora_rows:
-        if r["drift"] == 0:
-            assert r["fp32"]["max"] == 0, r
-        else:
-            # AI Toolkit's bf16 merge -> unmerge left the base one bf16 step off; replaying it is what closes it
-            assert r["fp32"]["max"] > 0 and r["fp32_history"]["max"] == 0, r
-    # once the history is replayed, the float16 file is all that separates the run folder's LoRA from the preview
+    if same_kernels:  # exactness is this machine's to prove: then every step is accounted for
+        for r in lora_rows:
+            if r["drift"] == 0:
+                assert r["fp32"]["max"] == 0, r  # fp32 weights alone are exact without a merge history
+            else:
+                # AI Toolkit's bf16 merge -> unmerge left the base one bf16 step off; replaying it is what closes it
+                assert r["fp32"]["max"] > 0 and r["fp32_history"]["max"] == 0, r
+    # the float16 file is all that separates the run folder's LoRA from the preview: never closer than fp32
     assert all(r["file_history"]["max"] > 0 for r in lora_rows)
 
 

@@ -252,7 +252,7 @@ def test_json_config(tmp_path):
         {"type": "sd_trainer", "model": {"name_or_path": "b", "arch": "flux_kontext"},
          "sample": {"prompts": ["a --w 100"]}}]}}))
     [args] = sample_args(load_job_config(path).sample, None)
-    assert args.width8 == 96
+    assert args.effective()["width_after_8px_floor"] == 96
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -10,7 +10,7 @@ from PIL import Image
 
 from parity.case import Case
 from parity.knobs import lookup
-from parity.knobs.sizing import pipeline_output_size
+from parity.knobs.sizing import pipeline_output_size, size_plan
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -28,10 +28,9 @@ def _case(control, **kw) -> Case:
 def _encode(engine, case: Case):
     """The engine's control encoding for a case: (handed image, packed latents, trace)."""
     pipe, _ = engine.pipeline(case.dtype, case.quantize)
-    requested = lookup("snap", case.snap)(case.width, case.height)
-    max_area = case.max_area or requested[0] * requested[1]
-    output = pipeline_output_size(*requested, max_area)
-    handed, packed, _, trace = engine._encode_control(pipe, case, requested, output, torch.bfloat16,
+    source = engine._control_source(case.control_image)
+    sizes = size_plan(case, source.size(case.control_exif_transpose))
+    handed, packed, _, trace = engine._encode_control(pipe, case, sizes, source, torch.bfloat16,
                                                       pipe._execution_device)
     return handed, packed, trace
 

@@ -56,10 +56,11 @@ def test_bad_thresholds_name_the_problem(tmp_path, text, message):
         _thresholds(tmp_path, text)
 
 
-def test_shipped_defaults_load_and_bound_floor_metrics():
+def test_shipped_defaults_gate_on_the_verdict_and_the_loras_effect():
     limits = load_thresholds()
     assert limits.source == str(DEFAULT_THRESHOLDS)
-    assert {"floor_lpips_max", "floor_ssim_min", "lpips_max"} <= set(limits.defaults)
+    assert limits.defaults["verdicts"] == ["exact", "noise"] and limits.defaults["lora_gap_fraction_max"] == 0.1
+    assert not {"lpips_max", "floor_lpips_max"} & set(limits.defaults)  # absolute bounds are the user's choice
 
 
 def test_metric_failures_nan_and_infinite_psnr():
@@ -90,8 +91,8 @@ def test_ungated_rows_are_not_judged_but_error_rows_always_fail(tmp_path):
     rows = [row("good"), row("ablation", lpips=0.9, gated=False),
             {"name": "crashed", "status": "error", "error": "out of\nmemory", "gated": False}]
     result = check(rows, limits)
-    assert [v.status for v in result.verdicts] == ["pass", "ungated", "error"]
-    assert not result.passed and result.violations[0].value == "error: out of memory"
+    assert [v.status for v in result.cases] == ["pass", "ungated", "error"]
+    assert not result.passed and result.exit_code == 2 and result.violations[0].value == "error: out of memory"
     assert check(rows[:2], limits).passed
 
 
@@ -120,16 +121,16 @@ def test_check_exits_1_and_prints_violations(tmp_path):
     thresholds.write_text("defaults: {lpips_max: 0.1}\n")
     result = _check(run, "--thresholds", thresholds)
     assert result.exit_code == 1
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].split() == ["case", "metric", "value", "threshold"]
     assert lines[1].split() == ["b", "lpips", "0.3", "<=", "0.1", "(lpips_max)"]
     assert "gate FAIL: 1 pass, 1 fail" in result.output
 
 
-def test_check_exits_1_on_an_error_row(tmp_path):
+def test_check_exits_2_on_an_error_row(tmp_path):
     run = make_run(tmp_path, [row("a"), {"name": "c", "status": "error", "error": "LoRA not found", "gated": True}])
     result = _check(run)
-    assert result.exit_code == 1 and "error: LoRA not found" in result.output
+    assert result.exit_code == 2 and "error: LoRA not found" in result.output and "gate ERROR" in result.output
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "empty", "bad-thresholds", "missing-thresholds"])
@@ -151,3 +152,43 @@ def test_check_exits_2_on_unreadable_input(tmp_path, damage):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ")
     assert not (tmp_path / "nowhere").exists()  # checking never creates a folder
+
+
+# --- verdicts, completeness, nothing checked ------------------------------------------------------
+def test_verdicts_and_noise_k_are_keys_of_every_level(tmp_path):
+    limits = _thresholds(tmp_path, "defaults: {verdicts: [exact, noise]}\n"
+                                   "profiles: {fal: {verdicts: [exact, noise, mismatch], noise_k: 3}}")
+    assert limits.for_row({"name": "a"}) == {"verdicts": ["exact", "noise"]}
+    assert limits.noise_k({"name": "a"}) == 2.0 and limits.noise_k({"name": "a", "tag_profile": "fal"}) == 3.0
+    mismatch = row("m", floor_mean_abs=5.0, floor_max_abs=80.0)
+    assert check([mismatch], limits).exit_code == 1
+    assert check([{**mismatch, "tag_profile": "fal"}], limits).exit_code == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("defaults: {verdicts: [exact, close]}", 'verdicts must be one of exact, noise, mismatch, not "close"'),
+    ("defaults: {verdicts: exact}", "verdicts must be a list"),
+    ("defaults: {noise_k: -1}", "noise_k must be a number >= 0, not -1"),
+    ("defaults: {verdict: [exact]}", 'unknown bound "verdict" (did you mean "verdicts"?)'),
+])
+def test_bad_verdict_keys_name_the_problem(tmp_path, text, message):
+    with pytest.raises(ParityError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        _thresholds(tmp_path, text)
+
+
+def test_a_planned_gated_case_without_a_row_is_an_error(tmp_path):
+    limits = _thresholds(tmp_path, "defaults: {}")
+    planned = [{"name": "a", "gated": True}, {"name": "b", "gated": True}, {"name": "c", "gated": False}]
+    result = check([row("a")], limits, planned)
+    assert result.exit_code == 2 and result.count("error") == 1
+    assert [c.row["name"] for c in result.cases if c.status == "error"] == ["b"]
+    assert any("1 ungated case(s) of the plan have no result row" in n for n in result.notes)
+    assert check([row("a"), row("b")], limits, planned).exit_code == 0
+
+
+def test_nothing_checked_is_not_a_pass(tmp_path):
+    limits = load_thresholds()
+    no_preview = check([row("a", preview=False)], limits, [{"name": "a", "gated": True}])
+    assert no_preview.exit_code == 2 and "nothing was checked" in no_preview.headline()
+    ungated = check([row("a", gated=False)], limits, [{"name": "a", "gated": False}])
+    assert ungated.exit_code == 2

@@ -112,7 +112,7 @@ def test_aitk_inference_refuses_what_the_server_refuses(tmp_path, change, proble
      "loras: flux_kontext takes exactly one LoRA per request, not 2"),
     ("bad_aitk_inference_width.json", "aitk-inference", "prompts[0].width: must be an integer in [64, 4096], not 32"),
     ("bad_fal_missing_prompt.json", "fal", "prompt: required field missing"),
-    ("bad_fal_output_format.json", "fal", 'output_format: "pgn" is not one of jpeg, png (did you mean "png"?)'),
+    ("bad_fal_output_format.json", "fal", 'output_format: must be one of jpeg, png, not "pgn" (did you mean "png"?)'),
     ("bad_oxen_steps.json", "oxen", "num_inference_steps: must be an integer in [4, 50], not 60"),
 ])
 def test_bad_requests_name_file_and_field(tmp_path, local, name, fmt, problem):
@@ -159,11 +159,11 @@ def test_fal_resolution_modes(tmp_path, local, change, expect):
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"resolution_mode": "match-input"}, 'resolution_mode: "match-input" is not one of auto, match_input, 1:1'),
+    ({"resolution_mode": "match-input"}, 'resolution_mode: must be one of auto, match_input, 1:1'),
     ({"num_inference_steps": 8}, "num_inference_steps: must be an integer in [10, 50], not 8"),
     ({"guidance_scale": 25}, "guidance_scale: must be a number in [0, 20], not 25.0"),
     ({"num_images": 5}, "num_images: must be an integer in [1, 4], not 5"),
-    ({"acceleration": "fast"}, 'acceleration: "fast" is not one of none, regular, high'),
+    ({"acceleration": "fast"}, 'acceleration: must be one of none, regular, high, not "fast"'),
     ({"loras": [{"scale": 1}]}, "loras[0].path: required field missing"),
     ({"seed": "42"}, "seed: must be an integer >= 0, not '42'"),
 ])
@@ -233,7 +233,7 @@ def test_lumenfall_sizes(tmp_path, local, change, expect, note):
     ({"size": "wide"}, 'size: "wide" is neither "WxH" pixels, "W:H" nor "auto"'),
     ({"size": "20000x100"}, 'size: "20000x100": each side must be in [1, 14142]'),
     ({"output_format": "gif"}, 'output_format: "gif" is not modelled by kontext-parity (one of png, jpeg, webp)'),
-    ({"output_format": "tiff"}, 'output_format: "tiff" is not one of png, jpeg, gif, webp, avif'),
+    ({"output_format": "tiff"}, 'output_format: must be one of png, jpeg, gif, webp, avif, not "tiff"'),
     ({"model": "flux.1-kontext-pro"}, 'model: "flux.1-kontext-pro" is not one of'),
     ({"image": ["https://your-cdn.com/input.jpg"] * 2}, "image: 2 input images"),
 ])

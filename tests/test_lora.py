@@ -229,15 +229,23 @@ def test_kohya_file_is_converted_and_applied(engine, control_png, tmp_path):
     assert np.array_equal(_pixels(got), _pixels(want))
 
 
-def test_diffusion_model_prefix_with_bfl_names_is_refused(engine, control_png, tmp_path):
+def test_diffusion_model_prefix_with_bfl_names_loads_through_diffusers_converter(engine, control_png, tmp_path):
+    """ComfyUI's layout (a fused qkv under diffusion_model.) is converted by diffusers: one down, the up split."""
     g = torch.Generator().manual_seed(5)
     path = tmp_path / "bfl.safetensors"
-    save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.randn(RANK, 32, generator=g),
-               "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.randn(96, RANK, generator=g)},
-              str(path))
-    with pytest.raises(ParityError, match="BFL module names") as err:
-        engine.run(_case(control_png, [(path, 1.0, "branch")]))
-    assert str(path) in str(err.value)
+    down, up = torch.randn(RANK, 32, generator=g), torch.randn(96, RANK, generator=g)
+    save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": down,
+               "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": up}, str(path))
+    split = {}
+    for i, proj in enumerate(("to_q", "to_k", "to_v")):
+        split[f"transformer.transformer_blocks.0.attn.{proj}.lora_A.weight"] = down.clone()
+        split[f"transformer.transformer_blocks.0.attn.{proj}.lora_B.weight"] = up[32 * i:32 * (i + 1)].contiguous()
+    save_file(split, str(tmp_path / "split.safetensors"))
+    audit = _audit(engine, path)
+    assert audit.format == "diffusion_model" and audit.modules_applied == 3 and not audit.dropped
+    got = engine.run(_case(control_png, [(path, 1.0, "branch")]))
+    want = engine.run(_case(control_png, [(tmp_path / "split.safetensors", 1.0, "branch")]))
+    assert np.array_equal(_pixels(got), _pixels(want))
 
 
 def test_a_file_of_which_no_key_applies_is_an_error(engine, control_png, tmp_path):

@@ -25,7 +25,7 @@ from parity.metrics import (
     ssim_map,
 )
 from parity.metrics.jpeg import ANNEX_K_CHROMINANCE, ANNEX_K_LUMINANCE
-from parity.results import json_safe
+from parity.files import json_safe
 
 torch.set_num_threads(1)
 
@@ -168,7 +168,7 @@ def test_reencode_reproduces_an_ai_toolkit_preview(textured, tmp_path):
 
 KEYS = {"ssim", "lpips", "psnr", "mean_abs", "max_abs", "size_mismatch", "output_size", "preview_size"}
 KEYS |= {"resized_for_compare", "lpips_net"}
-FLOOR_KEYS = {"preview_jpeg_quality", "preview_jpeg_subsampling"} | {f"floor_{k}" for k in ("ssim", "lpips", "psnr", "mean_abs", "max_abs")}
+FLOOR_KEYS = {"preview_jpeg_quality", "preview_jpeg_subsampling", "jpeg_excess"} | {f"floor_{k}" for k in ("ssim", "lpips", "psnr", "mean_abs", "max_abs")}
 
 
 def test_compare_identical(textured):
@@ -199,7 +199,7 @@ def test_compare_floor_of_a_compressed_preview(textured):
     assert (r["preview_jpeg_quality"], r["preview_jpeg_subsampling"]) == (75, 2)
     assert r["mean_abs"] > 1 and r["ssim"] < 0.99 and r["lpips"] > 0.001
     assert r["floor_ssim"] == pytest.approx(1.0, abs=1e-12) and r["floor_lpips"] == pytest.approx(0.0, abs=1e-6)
-    assert r["floor_psnr"] == math.inf and r["floor_max_abs"] == 0
+    assert r["floor_psnr"] == math.inf and r["floor_max_abs"] == 0 and r["jpeg_excess"] < 0.01
     json.dumps(json_safe(r), allow_nan=False)
     served = reencode_jpeg(textured, 95)  # served at another quality: the floor uses the raw pixels
     r = compare(served, preview, raw=textured)

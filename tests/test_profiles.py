@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from parity.case import Case
 from parity.cli import main
 from parity.errors import ParityError
-from parity.knobs import lookup
-from parity.knobs.sizing import LUMENFALL_1K, pipeline_output_size, preferred_resolution
+from parity.knobs.sizing import LUMENFALL_1K, pipeline_output_size, size_plan
 from parity.plan import load_plan
 from parity.profiles import available, load_profile
 
@@ -23,18 +22,9 @@ LORA = ["lora.safetensors", 0.8]
 
 
 def sizes(case: Case, control: tuple[int, int] | None):
-    """(requested, max_area, output, control encoded) by the knob functions, in the engine's order."""
-    asked = lookup("size_source", case.size_source)(case.width, case.height, control)
-    requested = tuple(lookup("snap", case.snap)(*asked))
-    max_area = case.max_area if case.max_area is not None else requested[0] * requested[1]
-    output = pipeline_output_size(*requested, max_area)
-    target = lookup("control_target", case.control_target)(requested, output) or control
-    if target is None:
-        return requested, max_area, output, None
-    w, h = target[0] // 16 * 16, target[1] // 16 * 16
-    if case.control_auto_resize:
-        w, h = preferred_resolution(w, h)
-    return requested, max_area, output, (w // 16 * 16, h // 16 * 16)
+    """(requested, max_area, output, control encoded) of the case's size plan."""
+    plan = size_plan(case, control)
+    return plan.requested, plan.max_area, plan.output, plan.control_encoded
 
 
 def cases(tmp_path, *specs) -> list[Case]:

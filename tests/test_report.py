@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -15,8 +16,9 @@ from parity.errors import ParityError
 from parity.report import write_reports
 from parity.report.attribution import ablation_deltas, attribution
 from parity.report.rows import load_rows
-from parity.results import ResultsStore
+from parity.results import PLAN, ResultsStore
 
+ROOT = Path(__file__).resolve().parent.parent
 XSS_NAME = "tiny/<script>alert(1)</script>/aitk-preview"
 XSS_PROMPT = '"quotes" & <b>'
 
@@ -36,15 +38,16 @@ def row(name: str, *, lpips=0.02, ssim=0.97, preview=True, **extra) -> dict:
     if preview:
         data.update(ssim=ssim, lpips=lpips, psnr=30.0, mean_abs=2.0, max_abs=40.0, size_mismatch=False,
                     floor_ssim=0.99, floor_lpips=0.01, floor_psnr=40.0, floor_mean_abs=1.0, floor_max_abs=20.0,
-                    preview_jpeg_quality=75)
+                    preview_jpeg_quality=75, noise_mean_abs=0.6, noise_max_abs=12.0, noise_group="g128")
     data.update(extra)
     return data
 
 
 def make_run(root: Path, rows: list[dict]) -> Path:
-    """A run folder holding ``rows`` and their images; previews live outside it, as in real runs."""
+    """A run folder holding ``rows``, their images and the plan; previews live outside it, as in real runs."""
     run = root / "run"
     store = ResultsStore(run)
+    planned = []
     for i, data in enumerate(rows):
         data = dict(data)
         if data["status"] == "ok":
@@ -64,6 +67,9 @@ def make_run(root: Path, rows: list[dict]) -> Path:
                 _png(run / data["heatmap_file"], (250, 220, 0))
                 _png(run / data["ssim_map_file"], (0, 120, 120))
         store.append(data)
+        planned.append({"name": data["name"], "preview": data.get("preview_file") or None,
+                        "gated": data.get("gated", True)})
+    (run / PLAN).write_text(json.dumps({"source": "cases.yaml", "cases": planned}))
     return run
 
 
@@ -74,12 +80,15 @@ def demo_rows() -> list[dict]:
         tags = {"tag_run": "tiny_bf16", "tag_step": group[-11:-2]}
         rows.append(row(f"{group}/aitk-preview", lpips=base_lpips, ssim=0.97, tag_ablation="baseline", **tags))
         rows.append(row(f"{group}/aitk-preview[guidance=2.5]", lpips=base_lpips + 0.10, ssim=0.90, gated=False,
-                        tag_ablation="guidance", tag_ablation_value="2.5", **tags))
+                        tag_ablation="guidance", tag_ablation_value="2.5", tag_ablation_of=f"{group}/aitk-preview",
+                        **tags))
         rows.append(row(f"{group}/aitk-preview[control_resize=lanczos]", lpips=base_lpips + 0.01, ssim=0.96,
-                        gated=False, tag_ablation="control_resize", tag_ablation_value="lanczos", **tags))
+                        gated=False, tag_ablation="control_resize", tag_ablation_value="lanczos",
+                        tag_ablation_of=f"{group}/aitk-preview", **tags))
         rows.append(row(f"{group}/diffusers-default", lpips=0.3, ssim=0.6, gated=False,
                         tag_profile="diffusers-default", **tags))
-    rows.append(row("tiny_bf16/000000010_2/aitk-preview", lpips=0.2, ssim=0.8, floor_lpips=0.15, tag_run="tiny_bf16"))
+    rows.append(row("tiny_bf16/000000010_2/aitk-preview", lpips=0.2, ssim=0.8, floor_lpips=0.15, floor_mean_abs=3.0,
+                    floor_max_abs=60.0, tag_run="tiny_bf16"))  # a mismatch: 5x the noise floor
     rows.append(row(XSS_NAME, prompt=XSS_PROMPT, tag_run="tiny"))
     rows.append(row("no-preview", preview=False, tag_run="tiny"))
     rows.append({"name": "broken", "run_key": "kbroken", "status": "error", "gated": True, "tag_run": "tiny",
@@ -101,7 +110,7 @@ def test_write_reports_writes_every_file(run_dir):
     assert paths["passed"] is False
     summary = paths["summary_text"]
     assert len(summary.splitlines()) <= 25
-    assert "11 ok, 1 error" in summary and "gate FAIL" in summary and str(paths["html"]) in summary
+    assert "11 ok, 1 error" in summary and "gate ERROR" in summary and str(paths["html"]) in summary
     assert "1. guidance" in summary and "2. control_resize" in summary
 
 
@@ -124,7 +133,8 @@ def test_user_strings_are_escaped_everywhere(run_dir):
     assert "<b>not</b>" not in page and "LoRA &lt;b&gt;not&lt;/b&gt; found &amp; gone" in page
     assert page.count("<script>") == 1  # only the page's own
     markdown = paths["markdown"].read_text()
-    assert "<script>" not in markdown and "&lt;script>alert(1)&lt;/script>" in markdown and "<b>" not in markdown
+    assert "<script>" not in markdown and "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in markdown
+    assert "<b>" not in markdown
     junit = ET.parse(paths["junit"])  # parses: the XML escaped it
     assert any(case.get("name") == XSS_NAME for case in junit.iter("testcase"))
 
@@ -138,8 +148,8 @@ def test_junit_has_one_testcase_per_row(run_dir):
     failed = cases["tiny_bf16/000000010_2/aitk-preview"]
     assert failed.get("classname") == "tiny_bf16"
     message = failed.find("failure").get("message")
-    assert "lpips = 0.2" in message and "<= 0.1" in message and "floor_lpips = 0.15" in message
-    assert "floor_lpips_max" in message
+    assert "verdict = mismatch: mean abs 3 > 1.25" in message and "exact | noise (verdicts)" in message
+    assert "verdict=mismatch" in failed.find("system-out").text
     assert "found & gone" in cases["broken"].find("error").get("message")
     skipped = cases["tiny_bf16/000000000_0/aitk-preview[guidance=2.5]"].find("skipped")
     assert "ablation of guidance" in skipped.get("message") and "lpips=0.12" in skipped.get("message")
@@ -150,11 +160,12 @@ def test_junit_has_one_testcase_per_row(run_dir):
 
 def test_markdown_has_gate_worst_cases_and_attribution(run_dir):
     text = write_reports(run_dir)["markdown"].read_text()
-    assert "**gate FAIL: 4 pass, 1 fail, 1 error, 6 not gated**" in text
+    assert "**gate ERROR: 4 pass, 1 fail, 1 error, 6 not gated (gated verdicts: 3 noise, 1 mismatch)**" in text
+    assert "| gated cases | 0 | 3 | 1 |" in text
     worst = text.split("## Worst cases by LPIPS")[1].split("##")[0]
-    assert worst.index("diffusers-default") < worst.index("000000010_2/aitk-preview")
+    assert worst.index("diffusers-default") < worst.index("000000010\\_2/aitk-preview")  # _ escaped
     attribution_table = text.split("## What drives the mismatch")[1]
-    assert attribution_table.index("guidance") < attribution_table.index("control_resize")
+    assert attribution_table.index("guidance") < attribution_table.index("control\\_resize")
     assert "## Errors" in text
 
 
@@ -162,15 +173,18 @@ def test_attribution_ranks_knobs_by_mean_abs_delta_lpips():
     rows = []
     for group, shift in (("a/p0", 0.0), ("a/p1", 0.05)):
         rows.append(row(f"{group}/v", lpips=0.1 + shift, ssim=0.9, tag_ablation="baseline"))
+        of = {"tag_ablation_of": f"{group}/v"}
         rows.append(row(f"{group}/v[dtype=fp32]", lpips=0.1 + shift - 0.01, ssim=0.91,
-                        tag_ablation="dtype", tag_ablation_value="fp32"))
+                        tag_ablation="dtype", tag_ablation_value="fp32", **of))
         rows.append(row(f"{group}/v[snap=floor32]", lpips=0.1 + shift + 0.2, ssim=0.7,
-                        tag_ablation="snap", tag_ablation_value="floor32"))
+                        tag_ablation="snap", tag_ablation_value="floor32", **of))
         rows.append(row(f"{group}/v[guidance=2.5]", lpips=0.1 + shift - 0.05 - shift, ssim=0.9,
-                        tag_ablation="guidance", tag_ablation_value="2.5"))
+                        tag_ablation="guidance", tag_ablation_value="2.5", **of))
     # no baseline for this preview
-    rows.append(row("a/p2/v[snap=floor32]", lpips=0.9, tag_ablation="snap", tag_ablation_value="floor32"))
-    rows.append(row("a/p0/v[steps=8]", preview=False, tag_ablation="steps", tag_ablation_value="8"))  # no metrics
+    rows.append(row("a/p2/v[snap=floor32]", lpips=0.9, tag_ablation="snap", tag_ablation_value="floor32",
+                    tag_ablation_of="a/p2/v"))
+    rows.append(row("a/p0/v[steps=8]", preview=False, tag_ablation="steps", tag_ablation_value="8",
+                    tag_ablation_of="a/p0/v"))  # no metrics
     deltas = ablation_deltas(rows)
     assert {d["baseline"] for d in deltas} == {"a/p0/v", "a/p1/v"} and len(deltas) == 6
     table = attribution(deltas)
@@ -183,12 +197,21 @@ def test_attribution_ranks_knobs_by_mean_abs_delta_lpips():
     assert guidance["worst_delta_lpips"] == pytest.approx(-0.1)
 
 
-def test_attribution_finds_baseline_by_preview_group():
-    """Hand-written cases: the baseline is the one of the same preview group, whatever its name."""
-    tags = {"tag_run": "r", "tag_step": "10"}
-    rows = [row("x/ref", lpips=0.1, tag_ablation="baseline", **tags),
-            row("x/other", lpips=0.5, tag_ablation="baseline", tag_run="r", tag_step="20"),
-            row("x/try-fp32", lpips=0.3, tag_ablation="dtype", tag_ablation_value="fp32", **tags)]
+def test_attribution_follows_the_baseline_the_plan_recorded(tmp_path):
+    """A variant of its own names its baseline variant; the plan turns it into the full case name."""
+    from parity.plan import load_plan
+
+    spec = {"previews": {"runs": [str(ROOT / "parity" / "data" / "demo-runs" / "tiny_bf16")], "train_steps": "last"},
+            "variants": [{"name": "base", "ablate": {"guidance": [2.5]}},
+                         {"name": "my-try", "set": {"dtype": "fp32"},
+                          "tags": {"ablation": "dtype", "ablation_value": "fp32", "ablation_of": "base"}}]}
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    tags = {c.name: dict(c.tags) for c in load_plan(path).cases}
+    assert tags["tiny_bf16/step20/p0/my-try"]["ablation_of"] == "tiny_bf16/step20/p0/base"
+    assert tags["tiny_bf16/step20/p0/base[guidance=2.5]"]["ablation_of"] == "tiny_bf16/step20/p0/base"
+    rows = [row("x/ref", lpips=0.1, tag_ablation="baseline"), row("x/other", lpips=0.5, tag_ablation="baseline"),
+            row("x/try-fp32", lpips=0.3, tag_ablation="dtype", tag_ablation_value="fp32", tag_ablation_of="x/ref")]
     (delta,) = ablation_deltas(rows)
     assert delta["baseline"] == "x/ref" and delta["delta_lpips"] == pytest.approx(0.2)
 
@@ -204,7 +227,7 @@ def test_report_command_regenerates_from_results_alone(run_dir, tmp_path):
         preview.unlink()
     result = CliRunner().invoke(main, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert "gate FAIL" in result.output and "report.html" in result.output
+    assert "gate ERROR" in result.output and "report.html" in result.output
     page = (run_dir / "report.html").read_text()
     assert (run_dir / "summary.md").is_file() and (run_dir / "junit.xml").is_file()
     assert (run_dir / "report_assets" / "latency.png").is_file()
@@ -213,7 +236,7 @@ def test_report_command_regenerates_from_results_alone(run_dir, tmp_path):
 
 def test_report_command_with_thresholds_and_errors(run_dir, tmp_path):
     loose = tmp_path / "loose.yaml"
-    loose.write_text("defaults: {lpips_max: 1.0}\n")
+    loose.write_text("defaults: {lpips_max: 1.0, verdicts: [exact, noise, mismatch]}\n")
     result = CliRunner().invoke(main, ["report", str(run_dir), "--thresholds", str(loose)])
     assert result.exit_code == 0 and "1 fail" not in result.output and str(loose) in result.output
     missing = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])
@@ -267,3 +290,49 @@ def test_case_warnings_are_shown_escaped(tmp_path):
     page = write_reports(run)["html"].read_text()
     assert '<ul class="warnings"><li>control image: mode RGBA &lt;with&gt; &#34;transparent&#34; pixels</li></ul>' in page
     assert page.count('<ul class="warnings">') == 1
+
+
+def test_a_results_row_cannot_pull_outside_files_into_the_report(tmp_path):
+    """A results file from someone else names a secret as its preview: it is not copied into report_assets."""
+    secret = tmp_path / "home" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
+    text_secret = tmp_path / "home" / "id_rsa"
+    text_secret.write_text("PRIVATE KEY")
+    run = make_run(tmp_path, [row("a"), row("b"), row("c")])
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows[1]["preview_file"], rows[2]["preview_file"] = str(secret), str(text_secret)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_reports(run)
+    copies = list((run / "report_assets" / "previews").iterdir())
+    assert len(copies) == 1  # the genuine preview of "a", from the plan's preview folder
+    assert all(c.read_bytes() not in (secret.read_bytes(), b"PRIVATE KEY") for c in copies)
+
+
+def test_csv_cells_never_start_a_formula(tmp_path):
+    import pandas as pd
+
+    run = make_run(tmp_path, [row("=HYPERLINK(\"http://x\")", prompt="+cmd|' /C calc'!A0"), row("b", prompt="-2+3")])
+    ResultsStore(run).write_tables()
+    frame = pd.read_csv(run / "results.csv")
+    assert list(frame["name"])[0].startswith("'=") and all(p.startswith("'") for p in frame["prompt"])
+    assert json.loads((run / "results.json").read_text())[0]["name"].startswith("=")  # JSON keeps the text
+
+
+def test_markdown_cells_escape_everything_markdown_means():
+    from parity.report.markdown import cell
+
+    assert cell("**bold** [link](http://x) @user #12 `code` a|b ~x~ <img>") == \
+        "\\*\\*bold\\*\\* \\[link\\]\\(http\\://x\\) \\@user \\#12 \\`code\\` a\\|b \\~x\\~ &lt;img&gt;"
+    assert cell(0.25) == "0.25" and cell("line\nbreak") == "line break"
+
+
+def test_the_ablation_shows_as_pictures_per_knob(run_dir):
+    page = write_reports(run_dir)["html"].read_text()
+    gallery = page.split("The ablation, as pictures")[1].split("<h2>")[0]
+    assert 'data-knob="guidance"' in gallery and 'data-knob="control_resize"' in gallery
+    assert gallery.index('data-knob="guidance"') < gallery.index('data-knob="control_resize"')  # ranked
+    guidance = gallery.split('data-knob="guidance"')[1].split("</table>")[0]
+    assert guidance.count("<tr>") == 3  # header + one line per preview
+    assert guidance.count("report_assets/previews/") == 2 and guidance.count("outputs/") == 4
+    assert "<th>2.5</th>" in guidance

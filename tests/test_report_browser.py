@@ -52,7 +52,9 @@ def test_every_image_loads_and_page_renders(report, tmp_path):
     assert counter, "the page's load handler did not run"
     loaded, total = map(int, counter.groups())
     expected = report.read_text().count("<img ")
-    assert total == expected == 2 + 10 * 5 + 2  # charts, compared cases (5 images), the case without a preview
+    # charts; compared cases: 5 in the grid + preview and output in the flip view; the case without a preview;
+    # the ablation gallery: 2 knobs x 2 previews x (preview, baseline, the knob's value)
+    assert total == expected == 2 + 10 * (5 + 2) + 2 + 2 * 2 * 3
     assert loaded == total
     shot = tmp_path / "report.png"
     _browse(tmp_path, f"--screenshot={shot}", "--window-size=1400,2000", report.as_uri())
@@ -67,7 +69,8 @@ def test_summary_table_sorts_by_a_metric_column(report, tmp_path):
     harness = report.parent / "sort-harness.html"
     harness.write_text("""<!doctype html><iframe id="f" src="report.html"></iframe><pre id="out"></pre><script>
 document.getElementById("f").addEventListener("load", function () {
-  var doc = this.contentDocument, head = doc.querySelectorAll("#summary th")[6], orders = [];
+  var doc = this.contentDocument, orders = [];
+  var head = [].filter.call(doc.querySelectorAll("#summary th"), function (th) { return th.textContent === "LPIPS"; })[0];
   for (var i = 0; i < 2; i++) {
     head.click();
     var rows = doc.querySelectorAll("#summary tbody tr");
@@ -83,3 +86,24 @@ document.getElementById("f").addEventListener("load", function () {
     assert ascending[-2:] == descending[-2:] == ["no-preview", "broken"]  # no value: last either way
     assert [lpips[n] for n in ascending[:-2]] == sorted(lpips.values())
     assert [lpips[n] for n in descending[:-2]] == sorted(lpips.values(), reverse=True)
+
+
+def test_a_case_card_flips_between_output_and_preview(report, tmp_path):
+    """Moving the slider uncovers more or less of the output laid over the preview, in place."""
+    harness = report.parent / "flip-harness.html"
+    harness.write_text("""<!doctype html><iframe id="f" src="report.html"></iframe><pre id="out"></pre><script>
+document.getElementById("f").addEventListener("load", function () {
+  var box = this.contentDocument.querySelector(".flip-box"), slider = box.querySelector("input"), seen = [];
+  [0, 30, 100].forEach(function (v) {
+    slider.value = v;
+    slider.dispatchEvent(new Event("input"));
+    seen.push([box.querySelector("img.over").style.clipPath, box.querySelector(".handle").style.left]);
+  });
+  document.getElementById("out").textContent = JSON.stringify(seen);
+});</script>""")
+    dom = _browse(tmp_path, "--allow-file-access-from-files", "--dump-dom", harness.as_uri())
+    match = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
+    assert match and match.group(1), "the harness could not reach the report"
+    seen = json.loads(match.group(1))
+    assert [left for _, left in seen] == ["0%", "30%", "100%"]
+    assert seen[0][0] == "inset(0px 100% 0px 0px)" and seen[2][0] == "inset(0px 0% 0px 0px)"

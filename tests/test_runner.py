@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from parity.case import Case
 from parity.errors import ParityError
 from parity.plan import load_plan
 from parity.results import ResultsStore
+
+ROOT = Path(__file__).resolve().parent.parent
 from parity.runner import Runner
 
 
@@ -132,7 +135,7 @@ def test_single_process_cli_run_writes_the_tables_once(tmp_path, control_png, en
     monkeypatch.setattr("parity.engine.Engine", lambda *args, **kwargs: engine)
     written = []
     real = ResultsStore.write_tables
-    monkeypatch.setattr(ResultsStore, "write_tables", lambda self: written.append(self.dir) or real(self))
+    monkeypatch.setattr(ResultsStore, "write_tables", lambda self, *args: written.append(self.dir) or real(self, *args))
     result = CliRunner().invoke(main, ["run", str(_case_file(tmp_path, control_png)), "--out", str(tmp_path / "run"),
                                        "--no-report", "--no-progress", "--no-metrics"])
     assert result.exit_code == 0, result.output
@@ -152,3 +155,45 @@ def test_cases_needing_another_pipeline_run_together(tmp_path, control_png):
     Runner(tmp_path / "run", engine=engine, progress=False, metrics=False).run(load_plan(path))
     assert engine.counters["pipelines_loaded"] == 2
     assert len(ResultsStore(tmp_path / "run").rows()) == 6
+
+
+def test_identical_work_is_computed_once(tmp_path, control_png, engine):
+    """Cases that draw the same pixels (a knob that changes nothing here, another output encoding) run the
+    pipeline once; each still gets its own files and row, saying which case it is the same as."""
+    spec = {"defaults": {"prompt": "make it red", "control_image": str(control_png), "width": 64, "height": 64,
+                         "max_area": None, "steps": 2, "control_auto_resize": False, "seed": 5},
+            "cases": [{"name": "a", "ablate": {"generator": ["global"], "output_format": ["jpeg"],
+                                               "guidance": [2.0], "control_alpha": ["white"], "snap": ["floor16"]}}]}
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    calls = engine.counters["transformer_calls"]
+    summary = Runner(tmp_path / "run", engine=engine, progress=False, metrics=False).run(load_plan(path))
+    assert engine.counters["transformer_calls"] - calls == 3 * 2  # baseline, global generator, guidance
+    assert (summary.computed, summary.reused) == (6, 3)
+    rows = {r["name"]: r for r in ResultsStore(tmp_path / "run").rows()}
+    assert rows["a[generator=global]"]["same_as"] is None and rows["a[output_format=jpeg]"]["same_as"] == "a"
+    # an opaque control image has no alpha to composite; 64 px is already a multiple of 16
+    assert rows["a[control_alpha=white]"]["same_as"] == rows["a[snap=floor16]"]["same_as"] == "a"
+    assert rows["a"]["same_as"] is None and rows["a[guidance=2.0]"]["same_as"] is None
+    baseline = Image.open(tmp_path / "run" / rows["a"]["output_file"])
+    same = Image.open(tmp_path / "run" / rows["a[generator=global]"]["output_file"])
+    assert np.array_equal(np.asarray(baseline), np.asarray(same))
+    assert rows["a[output_format=jpeg]"]["output_file"].endswith(".jpg")
+
+
+def test_reused_images_are_exactly_what_the_case_would_draw(tmp_path, engine, demo_runs):
+    """Every ablation of the demo's final previews, drawn with reuse and without: the same bytes everywhere."""
+    spec = {"previews": {"runs": [str(demo_runs / "tiny_odd")], "train_steps": "last"},
+            "variants": [{"name": "ablation", "profile": "aitk-preview", "gated": False,
+                          "ablate": yaml.safe_load((ROOT / "cases" / "default.yaml").read_text())
+                          ["variants"][1]["ablate"]}]}
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    plan = load_plan(path)
+    reused = Runner(tmp_path / "reused", engine=engine, progress=False, metrics=False).run(plan)
+    fresh = Runner(tmp_path / "fresh", engine=engine, progress=False, metrics=False, reuse=False).run(plan)
+    assert reused.reused >= 0.3 * len(plan.cases) and fresh.reused == 0
+    files = {r["name"]: r["output_file"] for r in ResultsStore(tmp_path / "fresh").rows()}
+    for row in ResultsStore(tmp_path / "reused").rows():
+        assert (tmp_path / "reused" / row["output_file"]).read_bytes() == \
+            (tmp_path / "fresh" / files[row["name"]]).read_bytes(), (row["name"], row["same_as"])

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import ParityError
+from ..validate import problem
 from ..yamlfile import read_text, read_yaml_mapping
 
 # SampleItem keys AI Toolkit reads (config_modules.SampleItem); anything else it ignores.
@@ -338,6 +339,9 @@ def _item_multiplier(item: dict, default: float, where: str, reader: "_Reader", 
     return reader.get(item, "network_multiplier", default, float, where)
 
 
+KINDS = {int: "integer", float: "number", bool: "bool", str: "string"}  # Python type -> parity.validate kind
+
+
 class _Reader:
     """Typed access to config keys; every failure names the file and the dotted key."""
 
@@ -360,16 +364,8 @@ class _Reader:
         if key not in mapping or mapping[key] is None:
             return default
         value = mapping[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        for k in kinds:
-            if k is bool and isinstance(value, bool):
-                return value
-            if k is int and isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return value
-            if k is str and isinstance(value, str):
-                return value
-        wanted = " or ".join({int: "an integer", float: "a number", bool: "true/false", str: "a string"}[k]
-                             for k in kinds)
-        raise ParityError(f"{where}.{key} must be {wanted}, not {value!r}", source=self.path)
+        kinds = tuple(KINDS[k] for k in (kind if isinstance(kind, tuple) else (kind,)))
+        wrong = problem(value, kinds)
+        if wrong:
+            raise ParityError(f"{where}.{key} {wrong}", source=self.path)
+        return int(value) if kinds == ("integer",) else value

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ParityError
+from ..knobs.sizing import pipeline_output_size, snap_aitk
 from .config import SampleSettings
 
 
@@ -98,21 +99,15 @@ class PromptArgs:
     flags: tuple[str, ...]
     notes: tuple[str, ...]
 
-    @property
-    def width8(self) -> int:
-        return max(64, self.width - self.width % 8)
-
-    @property
-    def height8(self) -> int:
-        return max(64, self.height - self.height % 8)
-
     def effective(self) -> dict:
-        """Named as the recorder's `effective` block: sizes after the 8 px floor, then the sampler's 16 px."""
-        w16, h16 = self.width8 // 16 * 16, self.height8 // 16 * 16
+        """Named as the recorder's `effective` block: sizes after the 8 px floor, then the sampler's 16 px
+        (the size plan's snap "aitk" and pipeline output, as the aitk-preview profile runs them)."""
+        w8, h8 = snap_aitk(self.width, self.height)
+        w16, h16 = pipeline_output_size(w8, h8, w8 * h8)
         return {
             "prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
             "width": self.width, "height": self.height,
-            "width_after_8px_floor": self.width8, "height_after_8px_floor": self.height8,
+            "width_after_8px_floor": w8, "height_after_8px_floor": h8,
             "pipeline_width": w16, "pipeline_height": h16, "max_area": w16 * h16, "auto_resize": False,
             "num_inference_steps": self.steps, "guidance_scale": self.guidance,
             "network_multiplier": self.network_multiplier, "ctrl_img": self.ctrl_img,

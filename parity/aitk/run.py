@@ -18,6 +18,8 @@ from pathlib import Path
 from ..case import DTYPES as CASE_DTYPES
 from ..case import Case
 from ..errors import ParityError
+from ..imaging import open_image
+from ..metrics.jpeg import estimate_quality
 from ..profiles import load_profile
 from .config import JobConfig, load_job_config
 from .controls import resolve_control
@@ -144,6 +146,8 @@ class _Builder:
                 blockers.append("step 0 holds both first_sample and baseline previews under the same names")
         batch = self.args[settings.key]
         output_format, quality = FORMATS[f.ext]
+        if output_format == "jpeg":  # the quality the file was written with, not an assumed one
+            quality = _jpeg_quality(f.path) or quality
         if f.ext != settings.ext and {f.ext, settings.ext} != {"jpg", "jpeg"}:
             notes.append(f"file is .{f.ext} but sample.format is {settings.ext}")
         if f.index >= len(batch):
@@ -206,6 +210,16 @@ class _Builder:
                               + " (pass unpaired='skip' to keep them as not reproducible)", source=samples_dir)
 
 
+def _jpeg_quality(path: Path) -> int | None:
+    """The IJG quality of a JPEG preview from its tables; None when it does not read (the run's input
+    check names the file before anything is computed)."""
+    try:
+        with open_image(path, "preview") as image:
+            return estimate_quality(image)
+    except ParityError:
+        return None
+
+
 def _batch_lora_mode(job: JobConfig, batch: list[PromptArgs]) -> str | None:
     """generate_images: merge when the batch shares one multiplier and network.can_merge_in."""
     if job.network_type is None:
@@ -246,26 +260,56 @@ def preview_notes(previews: list[Preview], shown: int = 3) -> list[str]:
     return out
 
 
-def preview_cases(run: AitkRun) -> list[Case]:
-    """The aitk-preview Case of every reproducible preview."""
-    cases = []
+# Effective arguments that may differ between a LoRA preview and its base-model twin.
+LORA_ARGS = ("network_multiplier", "lora_merged_into_base")
+
+
+def base_twins(run: AitkRun) -> dict[str, str]:
+    """LoRA preview path -> the step-0 preview of the same prompt drawn with the same arguments.
+
+    The step-0 preview is the base model alone (lora_B is zero before training), so the two differ
+    by exactly what the LoRA does: the yardstick of how much of that a redraw misses.
+    """
+    def same_args(a: Preview, b: Preview) -> bool:
+        strip = lambda eff: {k: v for k, v in eff.items() if k not in LORA_ARGS}  # noqa: E731
+        return strip(a.effective) == strip(b.effective) and a.control_image == b.control_image
+
+    base = {p.prompt_index: p for p in run.previews if p.step == 0 and p.reproducible}
+    return {p.path: base[p.prompt_index].path for p in run.previews
+            if p.checkpoint and p.reproducible and p.prompt_index in base and same_args(p, base[p.prompt_index])}
+
+
+def preview_requests(run: AitkRun) -> list[dict]:
+    """What each reproducible preview says, as Case fields and no knob: the arguments AI Toolkit passed,
+    the checkpoint and LoRA mode of its batch, the run's dtype and quantization, the file's encoding, its
+    base twin, and tags (run, step, prompt index, checkpoint). A profile turns it into a Case."""
+    requests = []
+    twins = base_twins(run)
     for p in run.previews:
         if not p.reproducible:
             continue
         eff = p.effective
         loras = [{"path": p.checkpoint, "scale": p.lora_scale, "mode": p.lora_mode}] if p.checkpoint else []
-        fields = {
-            **load_profile(PROFILE).knobs,  # the single source of AI Toolkit's sampler behaviour
+        requests.append({
             "name": p.name, "prompt": eff["prompt"], "control_image": p.control_image, "preview": p.path,
+            "base_preview": twins.get(p.path),
             "steps": eff["num_inference_steps"], "guidance": eff["guidance_scale"], "seed": eff["seed"] % 2**64,
             # sizes below 16 are refused by a Case; AI Toolkit floors them to 64 anyway, as snap "aitk" does
             "width": max(eff["width"], 16), "height": max(eff["height"], 16),
             "negative_prompt": eff["negative_prompt"] if isinstance(eff["negative_prompt"], str) else "",
             "dtype": run.dtype, "quantize": run.quantize, "loras": loras,
             "output_format": p.output_format, "output_quality": p.output_quality,
-            "tags": {"run": run.name, "step": p.step, "prompt_index": p.prompt_index, "profile": PROFILE,
+            "tags": {"run": run.name, "step": p.step, "prompt_index": p.prompt_index,
                      "checkpoint": Path(p.checkpoint).name if p.checkpoint else "base",
                      "aitk_lora_mode": p.lora_mode or "none"},
-        }
-        cases.append(Case.from_dict(fields, source=run.config.path))
-    return cases
+        })
+    for request in requests:  # a value no Case takes is the run config's fault: say so there, now
+        Case.from_dict(request, source=run.config.path)
+    return requests
+
+
+def preview_cases(run: AitkRun) -> list[Case]:
+    """The aitk-preview Case of every reproducible preview: its request under AI Toolkit's sampler."""
+    profile = load_profile(PROFILE)
+    return [Case.from_dict({**profile.apply(request), "tags": {**request["tags"], "profile": PROFILE}},
+                           source=run.config.path) for request in preview_requests(run)]

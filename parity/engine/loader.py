@@ -41,7 +41,8 @@ def resolve_base(base: str | os.PathLike | None) -> str:
     return str(base)
 
 
-def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "none"):
+def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "none", components: dict | None = None):
+    """``components``: modules already built (quantized weights from the cache), not read from the base."""
     from diffusers import FluxKontextPipeline
     from diffusers.utils import logging as dlogging
 
@@ -62,7 +63,7 @@ def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "n
     tlogging.disable_progress_bar()
     try:
         pipe = FluxKontextPipeline.from_pretrained(base, dtype=DTYPES[dtype], local_files_only=local,
-                                                   use_safetensors=True)  # never a pickled .bin
+                                                   use_safetensors=True, **(components or {}))  # never a .bin
     except (OSError, ValueError, EnvironmentError) as err:
         raise ParityError(f"cannot load the base model: {err}", source=base) from None
     pipe.set_progress_bar_config(disable=True)
@@ -73,3 +74,21 @@ def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "n
     else:
         pipe.to(device)
     return pipe
+
+
+def load_text_encoders(base: str, storage: torch.dtype, compute: torch.dtype, device: torch.device):
+    """CLIP and T5 of a base with weights rounded to ``storage`` and computed in ``compute`` (ComfyUI keeps
+    text-encoder weights in float16 and casts them to float32 for every layer)."""
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    local = Path(base).is_dir()
+    models = []
+    for cls, subfolder in ((CLIPTextModel, "text_encoder"), (T5EncoderModel, "text_encoder_2")):
+        try:
+            model = cls.from_pretrained(base, subfolder=subfolder, dtype=storage, local_files_only=local,
+                                        use_safetensors=True)
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise ParityError(f"cannot load the base model's {subfolder}: {err}", source=base) from None
+        # .to(storage) first: from_pretrained keeps some modules in float32 (T5's `wo`), ComfyUI rounds them all
+        models.append(model.to(storage).to(device=device, dtype=compute).eval())
+    return tuple(models)

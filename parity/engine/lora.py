@@ -2,7 +2,8 @@
 
 A LoRA that silently applies nothing is the commonest "my LoRA does nothing" report
 (diffusers only logs a warning), so every file gets an audit and a file of which no key
-reaches the transformer is an error.
+reaches the transformer is an error. Files in ComfyUI's formats (kohya ``lora_unet_...``, BFL
+``diffusion_model.double_blocks...``) go through diffusers' own converters.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import torch
 
 from ..errors import ParityError
 from ..knobs import lookup
+from ..knobs.lora_modes import LoraMode, lora_merged_fp32, lora_unmerge_aitk
 
-PEFT_MODES = {"dynamic", "fused"}  # modes that drive diffusers' PEFT adapters
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 _PAIR = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[^.]+)?\.weight$")
 
@@ -124,26 +125,42 @@ def detect_format(keys) -> str:
     return "unknown"
 
 
+def _bfl_as_kohya(tensors: dict) -> dict:
+    """BFL module names (ComfyUI's layout, fused qkv / linear1) under the ``diffusion_model.`` prefix that
+    diffusers' kohya converter reads (as ComfyUI saves them); PEFT-style lora_A/lora_B are the same
+    matrices as lora_down/lora_up."""
+    out = {}
+    for key, value in tensors.items():
+        key = key[len("diffusion_model."):] if key.startswith("diffusion_model.") else key
+        key = key.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up.")
+        out[f"diffusion_model.{key}"] = value
+    return out
+
+
 def _to_diffusers_keys(tensors: dict, fmt: str, path: Path) -> dict:
     """Rename to diffusers' 'transformer.<module>.lora_A/B.weight' where we know how."""
     if fmt == "peft":
         return tensors
     if fmt == "peft-unprefixed":
         return {f"transformer.{k}": v for k, v in tensors.items()}
-    if fmt == "diffusion_model":
+    if fmt in ("diffusion_model", "bfl"):
         stripped = {k[len("diffusion_model."):] if k.startswith("diffusion_model.") else k: v for k, v in tensors.items()}
-        if detect_format(stripped) == "bfl":
-            raise ParityError(
-                "LoRA keys use the 'diffusion_model.' prefix with original BFL module names (double_blocks/"
-                "single_blocks, fused qkv); diffusers loads none of them. Convert it to diffusers names "
-                "(transformer.transformer_blocks...) first", source=path)
-        return {f"transformer.{k}" if not k.startswith("transformer.") else k: v for k, v in stripped.items()}
+        if detect_format(stripped) != "bfl":  # diffusers module names under a diffusion_model. prefix
+            return {f"transformer.{k}" if not k.startswith("transformer.") else k: v for k, v in stripped.items()}
+        tensors = _bfl_as_kohya(tensors)
     from diffusers import FluxKontextPipeline
 
+    # float32 first, so the converters' alpha folding does not round in the file's dtype
+    upcast = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
-        converted = FluxKontextPipeline.lora_state_dict(dict(tensors))
+        converted = FluxKontextPipeline.lora_state_dict(upcast)
+    except AssertionError:  # _convert_to_ai_toolkit_cat: assert sum(dims) == up_weight.shape[0]
+        raise ParityError(
+            f"cannot convert a {fmt} LoRA: diffusers' converter splits each single_blocks linear1 into q, k, v "
+            "and MLP rows of FLUX.1's full size (3072+3072+3072+12288); this file's rows do not add up to that, "
+            "so it was made for a transformer of another size", source=path) from None
     except Exception as err:  # the converters raise bare errors on foreign layouts
-        raise ParityError(f"cannot convert a {fmt} LoRA: {err}", source=path) from None
+        raise ParityError(f"cannot convert a {fmt} LoRA: {type(err).__name__}: {err}", source=path) from None
     return converted[0] if isinstance(converted, tuple) else converted
 
 
@@ -246,7 +263,100 @@ class LoraApplier:
             self.pipe.set_adapters(list(state[0]), list(state[1]))
         self._peft_state = state
 
-    # --- what the lora_mode functions (parity.knobs.lora_modes) use --------------------------------
+    # --- the three mechanisms of parity.knobs.lora_modes: each applies a group and returns its undo ------
+    def _apply(self, mode: LoraMode, items: list[tuple[LoraFile, float]]) -> Callable[[], None]:
+        if mode.mechanism == "peft":
+            return self._apply_peft(items, mode.fuse)
+        if mode.mechanism == "weights":
+            return self._apply_weights(items, mode)
+        return self._apply_forward(items, mode.branch)
+
+    def _apply_peft(self, items, fuse: bool) -> Callable[[], None]:
+        names = self.set_adapters(items)
+        if not fuse:
+            return lambda: None
+        restore = self.snapshot({m for lora, _ in items for m in lora.modules})
+        self.adapters_unknown()  # until unfused below, whatever happens
+
+        def undo() -> None:
+            self.pipe.unfuse_lora(components=["transformer"])  # clears PEFT's merged flags, also after a partial fuse
+            restore()
+
+        try:
+            self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
+        except BaseException:
+            undo()
+            raise
+        return undo
+
+    def _apply_weights(self, items, mode: LoraMode) -> Callable[[], None]:
+        """Each LoRA merged in turn (the merge's dtype decides when it rounds), then written back."""
+        modules = {m for lora, _ in items for m in lora.modules}
+        storage = getattr(self.transformer, "_parity_storage", None) if mode.stochastic_fp8 else None
+        if storage is not None:  # fp8: ComfyUI patches and rounds whole fused BFL tensors, seeded by their key
+            from .bfl_layout import owner_of
+
+            owner = owner_of(storage.layout)
+            modules |= {p.module for m in modules if m in owner for p in storage.layout[owner[m]]}
+        restore = self.snapshot(modules)
+        try:
+            with torch.no_grad():
+                merged = {}
+                for lora, scale in items:
+                    for module, (down, up) in lora.modules.items():
+                        weight = merged.get(module, self.linear(module).weight)
+                        d, u = down.to(weight.device), up.to(weight.device)
+                        merged[module] = mode.merge(weight, d, u, float(scale), lora.alpha_scale(module))
+                if storage is None:
+                    for module, weight in merged.items():
+                        linear = self.linear(module)
+                        linear.weight.copy_(weight.to(linear.weight.dtype))
+                else:
+                    self._round_fp8_fused(storage, merged)
+        except BaseException:
+            restore()
+            raise
+        return restore
+
+    def _round_fp8_fused(self, storage, patched: dict) -> None:
+        """Round each BFL tensor a patch touched back into fp8, stochastically with the CRC32 of its key as
+        seed (comfy/model_patcher.py:41 and :617, comfy/float.py:50-67); scaled fp8 divides by the tensor's
+        scale first and multiplies back after (comfy/ops.py set_weight / convert_weight)."""
+        import zlib
+
+        from .bfl_layout import gather, owner_of, scatter
+        from .quantize import stochastic_round_fp8
+
+        owner = owner_of(storage.layout)
+        for key in sorted({owner[m] for m in patched if m in owner}):
+            pieces = storage.layout[key]
+            current = {p.module: patched.get(p.module, self.linear(p.module).weight).float() for p in pieces}
+            fused = gather(current, pieces)
+            scale = storage.scales.get(key)
+            if scale is not None:
+                fused = fused / scale
+            rounded = stochastic_round_fp8(fused, storage.dtype, zlib.crc32(key.encode()))
+            compute = self.linear(pieces[0].module).weight.dtype
+            value = rounded.to(compute)
+            if scale is not None:
+                value = value * torch.tensor(scale, dtype=torch.float32).to(compute)
+            for module, weight in scatter(value, pieces, current).items():
+                self.linear(module).weight.copy_(weight)
+        for module in patched:
+            if module not in owner:  # a module with no BFL counterpart: rounded to nearest
+                self.linear(module).weight.copy_(patched[module].to(self.linear(module).weight.dtype))
+
+    def _apply_forward(self, items, branch: Callable) -> Callable[[], None]:
+        hooks = []
+        for lora, scale in items:
+            for module, (down, up) in lora.modules.items():
+                linear = self.linear(module)
+                d, u = down.to(linear.weight.device), up.to(linear.weight.device)
+                hooks.append(linear.register_forward_hook(
+                    lambda mod, args, out, d=d, u=u, s=float(scale), a=lora.alpha_scale(module):
+                    branch(args[0], out, d, u, s, a)))
+        return lambda: [hook.remove() for hook in hooks]
+
     def set_adapters(self, items: list[tuple[LoraFile, float]]) -> list[str]:
         """Load each file as a PEFT adapter once, then activate exactly these with these weights."""
         names = [self._adapter(lora) for lora, _ in items]
@@ -276,7 +386,7 @@ class LoraApplier:
 
     def _check(self, items) -> None:
         modes = {m for _, _, m in items}
-        if len(modes & PEFT_MODES) > 1:
+        if len({m for m in modes if lookup("lora_mode", m)().mechanism == "peft"}) > 1:
             raise ParityError("a case cannot mix fused and dynamic LoRAs (both drive the same PEFT adapters)")
         if modes - {"branch"} and self.quantized():
             bad = sorted(modes - {"branch"})
@@ -289,7 +399,7 @@ class LoraApplier:
     def applied(self, items: list[tuple[LoraFile, float, str]]):
         """items: (file, scale, mode). Each mode applies its group; undone in reverse, also after an error."""
         self._check(items)
-        if self.adapters and not {m for _, _, m in items} & PEFT_MODES:
+        if self.adapters and not any(lookup("lora_mode", m)().mechanism == "peft" for _, _, m in items):
             self._set_peft(None)
         groups: dict[str, list[tuple[LoraFile, float]]] = {}
         for lora, scale, mode in items:
@@ -297,7 +407,7 @@ class LoraApplier:
         undo: list[Callable[[], None]] = []
         try:
             for mode, group in groups.items():
-                undo.append(lookup("lora_mode", mode)(self, group))
+                undo.append(self._apply(lookup("lora_mode", mode)(), group))
             yield
         finally:
             for step in reversed(undo):
@@ -313,8 +423,6 @@ class LoraApplier:
         earlier merged batch (in order) to rebuild that drifted base; it stays changed until
         ``restored_base`` exits. Returns the largest absolute change this cycle made to any weight.
         """
-        from ..knobs.lora_modes import lora_merged_fp32, lora_unmerge_aitk
-
         self._check([(lora, multiplier, "merged_fp32")])
         drift = 0.0
         with torch.no_grad():

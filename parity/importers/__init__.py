@@ -1,4 +1,4 @@
-"""Serving-API request bodies -> case files (`parity import REQUEST.json --format ...`).
+"""Serving-API request bodies and ComfyUI workflows -> case files (`parity import FILE --format ...`).
 
 A user who sees drift on a service has the request they sent; importing it gives the case
 that runs the same thing under that service's profile. Each module reads one API's JSON
@@ -6,6 +6,8 @@ body and validates it as the API does (required fields, ranges, enums), so a req
 API would refuse is refused here too, with the file and the field named. Media a request
 carries as base64 are written to disk; media it links (http(s) URLs) must already be on
 this machine, found by file name in --control-dir, because kontext-parity never downloads.
+LoRAs named by a bare file name (a ComfyUI workflow's) are found in --lora-dir; --base is written
+into the case file. A module may read its file itself (``read_body``: a ComfyUI PNG's text chunk).
 Converters load on demand, so importing this package (as the CLI does) stays cheap.
 """
 from __future__ import annotations
@@ -25,9 +27,11 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 from ..errors import ParityError, did_you_mean
+from ..validate import problem
 
 # --format value -> module in this package
-FORMATS = {"aitk-inference": "aitk_inference", "fal": "fal", "lumenfall": "lumenfall", "oxen": "oxen"}
+FORMATS = {"aitk-inference": "aitk_inference", "fal": "fal", "lumenfall": "lumenfall", "oxen": "oxen",
+           "prodia": "prodia", "comfyui": "comfyui"}
 IMAGE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 MISSING = object()
 
@@ -42,46 +46,77 @@ class Context:
     write_dir: Path  # where decoded media go when control_dir is not given
     out_dir: Path | None  # paths in the case file are relative to it (absolute without --out)
     notes: list[str] = field(default_factory=list)
+    lora_dir: Path | None = None  # where LoRAs named by file name are (ComfyUI's models/loras)
+    input: Path | None = None  # the image a body does not carry (a Prodia job's multipart `input` part)
+    prefix: str = ""  # "[i]" for the i-th body of a JSON array of requests
 
     def error(self, where: str, problem: str) -> ParityError:
-        return ParityError(f"{where}: {problem}", source=self.source)
+        return ParityError(f"{self.prefix}{where}: {problem}", source=self.source)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
 
     # --- media ----------------------------------------------------------------------------
-    def image(self, value, where: str) -> str:
-        """A control image given as an http(s) URL, a data URI or bare base64 -> a path for the case file."""
+    def image(self, value, where: str, *, formats: tuple[str, ...] | None = None,
+              max_side: int | None = None) -> str:
+        """A control image given as an http(s) URL, a data URI or bare base64 -> a path for the case file.
+
+        ``formats``: the image formats the API accepts (PIL names); ``max_side``: its largest width/height."""
         if not isinstance(value, str) or not value.strip():
             raise self.error(where, f"must be an image URL or base64 data, not {value!r}")
         value = value.strip()
         if _is_url(value):
             path = self._local_copy(value, where)
-            _image_format(path.read_bytes(), lambda why: self.error(where, f"{value}: {path} {why}"))
+            self._check_image(path.read_bytes(), where, f"{value}: {path}", formats, max_side)
             return self._ref(path)
         data = _decode_base64(value)
         if data is None:
             raise self.error(where, "is neither an http(s) URL nor base64 image data")
-        ext = IMAGE_EXTENSIONS.get(_image_format(data, lambda why: self.error(where, f"base64 data {why}")), "png")
+        ext = IMAGE_EXTENSIONS.get(self._check_image(data, where, "base64 data", formats, max_side), "png")
         folder = self.control_dir or self.write_dir
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.stem}-{hashlib.sha256(data).hexdigest()[:12]}.{ext}"
+        # named after the request file, not the request: every body of an array shares its decoded copies
+        path = folder / f"{_slug(Path(self.source).stem)}-{hashlib.sha256(data).hexdigest()[:12]}.{ext}"
         if not path.is_file() or path.read_bytes() != data:
             path.write_bytes(data)
         return self._ref(path)
 
+    def local_image(self, path: Path, where: str, **limits) -> str:
+        """An image file given on the command line (a multipart part the body does not carry)."""
+        self._check_image(Path(path).read_bytes(), where, str(path), limits.get("formats"), limits.get("max_side"))
+        return self._ref(Path(path))
+
+    def _check_image(self, data: bytes, where: str, what: str, formats, max_side) -> str:
+        found = _image_format(data, lambda why: self.error(where, f"{what} {why}"))
+        if formats is not None and found not in formats:
+            raise self.error(where, f"{what} is a {found} image; the API accepts {', '.join(formats)}")
+        if max_side is not None:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+            if max(width, height) > max_side:
+                raise self.error(where, f"{what} is {width}x{height}; the API takes at most {max_side} px per side")
+        return found
+
     def file(self, value, where: str) -> str:
-        """A LoRA path or URL: a URL needs its local copy; anything else is written as given."""
+        """A LoRA path or URL: a URL needs its local copy; a relative path is looked up in --lora-dir when given;
+        anything else is written as given."""
         if not isinstance(value, str) or not value.strip():
             raise self.error(where, f"must be a path or URL, not {value!r}")
         value = value.strip()
         if _is_url(value):
             return self._ref(self._local_copy(value, where))
+        if self.lora_dir is not None and not Path(value).is_absolute():
+            path = self.lora_dir / value
+            if not path.is_file():
+                raise self.error(where, f'"{value}" is not in --lora-dir {self.lora_dir}')
+            return self._ref(path)
         base = self.out_dir or Path.cwd()
         if not (base / value).expanduser().is_file():
             self.note(f'{where} "{value}" is not a file here (paths are relative to the case file): '
-                      "copy the LoRA there or edit the path before `parity run`")
+                      "copy the LoRA there, pass --lora-dir or edit the path before `parity run`")
         return value
 
     def _local_copy(self, url: str, where: str) -> Path:
@@ -124,45 +159,34 @@ class Fields:
             return MISSING
         return value
 
-    def string(self, key: str, *, required: bool = False, default=None):
+    def _checked(self, key: str, kind: str, required: bool, default, **limits):
         value = self._get(key, required)
         if value is MISSING:
             return default
-        if not isinstance(value, str):
-            raise self.ctx.error(self.path(key), f"must be a string, not {value!r}")
-        return value
+        wrong = problem(value, kind, **limits)
+        if wrong:
+            raise self.ctx.error(self.path(key), wrong)
+        return int(value) if kind == "integer" else float(value) if kind == "number" else value
+
+    def string(self, key: str, *, required: bool = False, default=None):
+        return self._checked(key, "string", required, default)
 
     def integer(self, key: str, *, lo=None, hi=None, required: bool = False, default=None):
-        value = self._get(key, required)
-        if value is MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise self.ctx.error(self.path(key), f"must be an integer{_range(lo, hi)}, not {value!r}")
-        return self._in_range(key, int(value), lo, hi, "an integer")
+        return self._checked(key, "integer", required, default, lo=lo, hi=hi)
 
     def number(self, key: str, *, lo=None, hi=None, required: bool = False, default=None):
-        value = self._get(key, required)
-        if value is MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.ctx.error(self.path(key), f"must be a number{_range(lo, hi)}, not {value!r}")
-        return self._in_range(key, float(value), lo, hi, "a number")
+        return self._checked(key, "number", required, default, lo=lo, hi=hi)
 
     def boolean(self, key: str, *, default=None):
-        value = self._get(key, False)
-        if value is MISSING:
-            return default
-        if not isinstance(value, bool):
-            raise self.ctx.error(self.path(key), f"must be true or false, not {value!r}")
-        return value
+        return self._checked(key, "bool", False, default)
 
     def choice(self, key: str, choices, *, default=None):
         value = self._get(key, False)
         if value is MISSING:
             return default
-        if value not in choices:
-            raise self.ctx.error(self.path(key), f"{json.dumps(value)} is not one of {', '.join(choices)}"
-                                                 f"{did_you_mean(value, choices)}")
+        wrong = problem(value, ("string", "integer", "number", "bool"), choices=choices)
+        if wrong:
+            raise self.ctx.error(self.path(key), wrong)
         return value
 
     def objects(self, key: str, *, required: bool = False) -> list["Fields"]:
@@ -173,6 +197,13 @@ class Fields:
         if not isinstance(value, list):
             raise self.ctx.error(self.path(key), f"must be a list, not {type(value).__name__}")
         return [Fields(item, self.ctx, f"{self.path(key)}[{i}]") for i, item in enumerate(value)]
+
+    def mapping(self, key: str, *, required: bool = False) -> "Fields | None":
+        """A nested JSON object, read with its key in the path (``config.prompt``); None when absent."""
+        value = self._get(key, required)
+        if value is MISSING:
+            return None
+        return Fields(value, self.ctx, self.path(key))
 
     def raw(self, key: str):
         """A field whose type varies (a string or a list); None when absent."""
@@ -188,20 +219,6 @@ class Fields:
         for key in self.data:
             if key not in self.read:
                 self.ctx.note(f"field {self.path(key)} {what}{did_you_mean(key, self.read)}")
-
-    def _in_range(self, key: str, value, lo, hi, kind: str):
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.ctx.error(self.path(key), f"must be {kind}{_range(lo, hi)}, not {value!r}")
-        return value
-
-
-def _range(lo, hi) -> str:
-    if lo is not None and hi is not None:
-        return f" in [{lo}, {hi}]"
-    if lo is not None:
-        return f" >= {lo}"
-    return f" <= {hi}" if hi is not None else ""
-
 
 def _is_url(value: str) -> bool:
     return value.lower().startswith(("http://", "https://"))
@@ -252,11 +269,23 @@ def set_given(case: dict, **values) -> None:
     case.update({key: value for key, value in values.items() if value is not None})
 
 
-def note_acceleration(body: Fields, ctx: Context) -> None:
-    """fal's `acceleration` speed presets (also passed on by Lumenfall): validated, not modelled."""
+def refuse_acceleration(body: Fields, ctx: Context) -> None:
+    """fal's `acceleration` speed presets (also passed on by Lumenfall): the documents say only "the higher the
+    speed, the faster the generation", not what changes (steps, caching, precision), so a request with one
+    cannot be reproduced and is refused; "none" (the default) is what every profile models."""
     acceleration = body.choice("acceleration", ("none", "regular", "high"), default="none")
     if acceleration != "none":
-        ctx.note(f'acceleration "{acceleration}" (fal\'s speed presets) is not modelled: the case runs without it')
+        raise ctx.error("acceleration", f'"{acceleration}" (fal\'s speed presets) changes the computation in ways '
+                                        'the API does not document, so it cannot be reproduced; send "none" to '
+                                        "compare, or leave the field out")
+
+
+def safety_checkers(body: Fields, *keys: str) -> None:
+    """Safety-checker switches (fal's enable_safety_checker, Replicate's and Oxen's disable_safety_checker):
+    validated and read. A checker filters flagged outputs; an image it passes is delivered unchanged, which
+    is what a case computes (what a flagged image becomes is undocumented and not modelled)."""
+    for key in keys:
+        body.boolean(key)
 
 
 def per_image(case: dict, count: int, seed: int, ctx: Context) -> list[dict]:
@@ -268,35 +297,90 @@ def per_image(case: dict, count: int, seed: int, ctx: Context) -> list[dict]:
 
 
 def import_request(path: str | Path, fmt: str, *, out: str | Path | None = None,
-                   control_dir: str | Path | None = None) -> tuple[str, list[str]]:
-    """Read a request file and return (case file YAML text, notes); writes decoded media to disk."""
-    if fmt not in FORMATS:
-        raise ParityError(f'unknown request format "{fmt}"{did_you_mean(fmt, FORMATS)}; '
-                          f"choose one of: {', '.join(FORMATS)}")
+                   control_dir: str | Path | None = None, lora_dir: str | Path | None = None,
+                   base: str | None = None, inputs: list[str | Path] | tuple = ()) -> tuple[str, list[str]]:
+    """Read a request file and return (case file YAML text, notes); writes decoded media to disk.
+
+    The file holds one request body, or a JSON array of them (what `parity advise` writes: one body
+    per preview), each imported in turn. ``inputs``: image files a format's body does not carry (the
+    multipart `input` part of a Prodia job): one for every body, or one for all."""
+    module = _module(fmt)
     path = Path(path)
     if not path.is_file():
         raise ParityError("request file not found", source=path)
+    body = module.read_body(path) if hasattr(module, "read_body") else read_json(path)
+    folders = {}
+    for option, folder in (("--control-dir", control_dir), ("--lora-dir", lora_dir)):
+        if folder is not None:
+            folder = Path(folder).expanduser()
+            if not folder.is_dir():
+                raise ParityError(f"{option} is not a folder", source=folder)
+        folders[option] = folder
+    out_dir = Path(out).expanduser().resolve().parent if out else None
+    cases, notes = import_body(body, fmt, source=path, write_dir=out_dir or Path.cwd(), out_dir=out_dir,
+                               control_dir=folders["--control-dir"], lora_dir=folders["--lora-dir"], inputs=inputs)
+    if base and Path(base).expanduser().is_dir():  # a local folder: absolute, so the case file runs from anywhere
+        base = str(Path(base).expanduser().resolve())
+    kind = getattr(module, "KIND", "request")
+    header = (f"# `parity import --format {fmt} {path.name}`: the {kind} as cases of the `{module.PROFILE}` "
+              "profile.\n# On the real model: parity run THIS_FILE --base black-forest-labs/FLUX.1-Kontext-dev\n")
+    description = f"{module.API} {kind} {path.name}" + ("; " + "; ".join(notes) if notes else "")
+    data = {"description": description, **({"base": base} if base else {}), "cases": cases}
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    return header + text, notes
+
+
+def import_body(body, fmt: str, *, source: str | Path, write_dir: Path, out_dir: Path | None = None,
+                control_dir: Path | None = None, lora_dir: Path | None = None,
+                inputs: list[str | Path] | tuple = ()) -> tuple[list[dict], list[str]]:
+    """Case dicts (a case file's `cases:`) and notes of a parsed body, or of a JSON array of bodies.
+
+    ``source`` names the file in messages and tags; base64 media are decoded into ``control_dir``, else
+    ``write_dir``; paths are relative to ``out_dir`` (absolute without it)."""
+    module = _module(fmt)
+    source = Path(source)
+    bodies = body if isinstance(body, list) else [body]
+    if isinstance(body, list) and not body:
+        raise ParityError("the JSON array holds no request", source=source)
+    files = [Path(p).expanduser() for p in inputs]
+    for file in files:
+        if not file.is_file():
+            raise ParityError("--input image not found", source=file)
+    takes_input = getattr(module, "TAKES_INPUT", False)
+    if files and not takes_input:
+        raise ParityError(f"--input: a {fmt} request carries its image itself", source=source)
+    if takes_input and files and len(files) not in (1, len(bodies)):
+        raise ParityError(f"{len(files)} --input images for {len(bodies)} requests: give one for every request "
+                          "(in order) or one for all", source=source)
+    stem, cases, notes = _slug(source.stem), [], []
+    for i, item in enumerate(bodies):
+        many = isinstance(body, list)
+        ctx = Context(source=str(source), stem=f"{stem}/{i}" if many else stem, control_dir=control_dir,
+                      write_dir=write_dir, out_dir=out_dir, lora_dir=lora_dir,
+                      input=(files[i] if len(files) > 1 else files[0]) if files else None,
+                      prefix=f"[{i}]." if many else "")
+        for case in module.convert(Fields(item, ctx), ctx):
+            case.setdefault("tags", {}).update({"request": source.name, "request_format": fmt})
+            if many:
+                case["tags"]["request_index"] = i
+            cases.append(case)
+        notes += [note for note in ctx.notes if note not in notes]
+    return cases, notes
+
+
+def _module(fmt: str):
+    if fmt not in FORMATS:
+        raise ParityError(f'unknown request format "{fmt}"{did_you_mean(fmt, FORMATS)}; '
+                          f"choose one of: {', '.join(FORMATS)}")
+    return import_module(f".{FORMATS[fmt]}", __name__)
+
+
+def read_json(path: Path):
+    """A request file's JSON (only ever parsed as JSON)."""
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ParityError(f"not valid JSON: {err}", source=path) from None
-    if control_dir is not None:
-        control_dir = Path(control_dir).expanduser()
-        if not control_dir.is_dir():
-            raise ParityError("--control-dir is not a folder", source=control_dir)
-    out_dir = Path(out).expanduser().resolve().parent if out else None
-    ctx = Context(source=str(path), stem=_slug(path.stem), control_dir=control_dir,
-                  write_dir=out_dir or Path.cwd(), out_dir=out_dir)
-    module = import_module(f".{FORMATS[fmt]}", __name__)
-    cases = module.convert(Fields(body, ctx), ctx)
-    for case in cases:
-        case.setdefault("tags", {}).update({"request": path.name, "request_format": fmt})
-    header = (f"# `parity import --format {fmt} {path.name}`: the request as cases of the `{module.PROFILE}` "
-              "profile.\n# On the real model: parity run THIS_FILE --base black-forest-labs/FLUX.1-Kontext-dev\n")
-    description = f"{module.API} request {path.name}" + ("; " + "; ".join(ctx.notes) if ctx.notes else "")
-    text = yaml.safe_dump({"description": description, "cases": cases}, sort_keys=False, allow_unicode=True,
-                          width=120)
-    return header + text, ctx.notes
 
 
 def _slug(text: str) -> str:

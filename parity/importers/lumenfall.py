@@ -1,13 +1,16 @@
 """Lumenfall (OpenAI-compatible gateway) requests for flux.1-kontext-dev (seed 003).
 
-model and prompt required; image (the input to edit; none: text to image); size "WxH" (1-14142 px)
-or "W:H" or "auto"; aspect_ratio (any ratio, mapped to the nearest supported); resolution tier
-(auto, 1K; any other tier maps to the nearest listed, 1K); n; seed; output_format
-png|jpeg|gif|webp|avif; output_compression; cfg_scale; num_inference_steps; provider fields
-(acceleration, enable_safety_checker, enhance_prompt, ...). Priority: size, then aspect_ratio +
-resolution. The 1K table gives pixel sizes; with neither size nor aspect ratio the shape comes
-from the input image (size_source lumenfall_1k). Ranges the page does not give are fal's, the
-provider it lists first: num_inference_steps 10-50, cfg_scale 0-20.
+model and prompt required; image (the input to edit, PNG, JPEG or WebP; none: text to image); size
+"WxH" (1-14142 px) or "W:H" or "auto"; aspect_ratio (any ratio, mapped to the nearest supported);
+resolution tier (auto, 1K; any other tier maps to the nearest listed, 1K); n; seed; output_format
+png|jpeg|gif|webp|avif; output_compression; cfg_scale; num_inference_steps; provider fields passed
+through (acceleration: only none is reproducible, the others are refused; enable_safety_checker /
+disable_safety_checker: an image the checker passes is unchanged; enhance_prompt: a rewritten
+prompt cannot be reproduced, so true is refused). Priority: size, then aspect_ratio + resolution.
+The 1K table gives pixel sizes; with neither size nor aspect ratio the shape comes from the input
+image (size_source lumenfall_1k). The page gives no range for num_inference_steps, cfg_scale or n:
+any positive count and non-negative scale is taken, with a note when fal (the provider it lists
+first) would refuse it (its flux-kontext-lora endpoint: steps 10-50, guidance 0-20).
 """
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ import re
 
 from ..errors import did_you_mean
 from ..knobs.sizing import LUMENFALL_1K, nearest_ratio, parse_ratio
-from . import Context, Fields, note_acceleration, per_image, quality_or_one, seed_or_zero, set_given
+from . import (Context, Fields, per_image, quality_or_one, refuse_acceleration, safety_checkers, seed_or_zero,
+               set_given)
+from .fal import GUIDANCE as FAL_GUIDANCE
+from .fal import STEPS as FAL_STEPS
 
 PROFILE = "lumenfall"
 API = "Lumenfall flux.1-kontext-dev"
@@ -24,7 +30,7 @@ MODELS = ("flux.1-kontext-dev", "fal/flux.1-kontext-dev", "fal/flux.1-kontext-de
 OUTPUT_FORMATS = ("png", "jpeg", "gif", "webp", "avif")
 MODELLED_FORMATS = ("png", "jpeg", "webp")
 MAX_SIDE = 14142
-MAX_IMAGES = 10  # not on the page: the OpenAI images API's limit for n
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP")  # image: "Supports PNG, JPEG, WebP."
 TIER = re.compile(r"^(\d+(\.\d+)?)[kK]?$")
 SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -36,8 +42,12 @@ def convert(body: Fields, ctx: Context) -> list[dict]:
     case = {"profile": PROFILE, "prompt": body.string("prompt", required=True)}
     image, where = _input_image(body, ctx)
     case.update(_size(body, ctx, has_image=image is not None))
-    set_given(case, steps=body.integer("num_inference_steps", lo=10, hi=50),
-              guidance=body.number("cfg_scale", lo=0, hi=20))
+    steps, guidance = body.integer("num_inference_steps", lo=1), body.number("cfg_scale", lo=0)
+    for key, value, (lo, hi) in (("num_inference_steps", steps, FAL_STEPS), ("cfg_scale", guidance, FAL_GUIDANCE)):
+        if value is not None and not lo <= value <= hi:
+            ctx.note(f"{key} {value:g} is outside {lo}-{hi}, what fal (the provider listed first) takes; the page "
+                     "gives no range, so the case runs it, but the provider may refuse it")
+    set_given(case, steps=steps, guidance=guidance)
     output_format = body.choice("output_format", OUTPUT_FORMATS)
     if output_format and output_format not in MODELLED_FORMATS:
         raise ctx.error("output_format", f'"{output_format}" is not modelled by kontext-parity '
@@ -46,17 +56,19 @@ def convert(body: Fields, ctx: Context) -> list[dict]:
     quality = body.integer("output_compression", lo=0, hi=100)
     if quality is not None:  # OpenAI's scale: 100 (its default) is the best quality, so it is a quality
         case["output_quality"] = quality_or_one(quality, ctx, "output_compression")
-    note_acceleration(body, ctx)
+    refuse_acceleration(body, ctx)
     if body.boolean("enhance_prompt"):
-        ctx.note("enhance_prompt: the provider rewrites the prompt first; the case runs the prompt as sent")
+        raise ctx.error("enhance_prompt", "true: the provider rewrites the prompt with a language model before "
+                                          "generating, and the rewritten prompt is not returned, so the request "
+                                          "cannot be reproduced; send false to compare")
     body.choice("response_format", ("url", "b64_json"))
-    for key in ("enable_safety_checker", "disable_safety_checker", "sync_mode"):
-        body.boolean(key)
-    count = body.integer("n", lo=1, hi=MAX_IMAGES, default=1)
+    safety_checkers(body, "enable_safety_checker", "disable_safety_checker")
+    body.boolean("sync_mode")
+    count = body.integer("n", lo=1, default=1)
     seed = seed_or_zero(body.integer("seed", lo=0), ctx, "seed")
     body.unknown("is passed through to the provider, not modelled")
     if image is not None:  # media last: the body is valid by now
-        case["control_image"] = ctx.image(image, where)
+        case["control_image"] = ctx.image(image, where, formats=INPUT_FORMATS)
     return per_image(case, count, seed, ctx)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+import torch
 from PIL import Image
 
 from .registry import describe_family, register
@@ -45,3 +47,22 @@ def encode_webp(image: Image.Image, quality: int | None) -> tuple[bytes, Image.I
 
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+describe_family("output_uint8", "how the VAE's output becomes 8-bit pixels")
+
+
+@register("output_uint8", "round")
+def uint8_round(decoded: torch.Tensor) -> Image.Image:
+    """diffusers postprocess: x*0.5+0.5 clamped in the VAE's dtype, then float32, x*255 rounded."""
+    pixels = (decoded * 0.5 + 0.5).clamp(0, 1)
+    pixels = pixels.cpu().permute(0, 2, 3, 1).float().numpy()
+    return Image.fromarray((pixels[0] * 255).round().astype("uint8"))
+
+
+@register("output_uint8", "truncate")
+def uint8_truncate(decoded: torch.Tensor) -> Image.Image:
+    """ComfyUI VAEDecode + SaveImage: float32 first, (x+1)/2 clamped, 255*x truncated (comfy/sd.py:287, nodes.py:1593)."""
+    pixels = torch.clamp((decoded.float() + 1.0) / 2.0, min=0.0, max=1.0)
+    pixels = 255.0 * pixels.cpu().permute(0, 2, 3, 1).numpy()
+    return Image.fromarray(np.clip(pixels[0], 0, 255).astype(np.uint8))

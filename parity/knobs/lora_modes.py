@@ -5,16 +5,20 @@
 - fused: PEFT merges delta into the weights (``fuse_lora``); the engine restores the exact base after.
 - branch: AI Toolkit's unmerged forward (quantized bases, or a batch with mixed multipliers).
 - merged_fp32: AI Toolkit's merge into an unquantized base, written back in the base dtype.
+- patched_fp32: ComfyUI's ModelPatcher: merged in float32, rounded back into the stored dtype
+  (stochastically into fp8, per fused BFL tensor).
 
-The registered functions apply a mode to a pipeline through ``parity.engine.lora.LoraApplier``
-and return the callable that undoes it; ``lora_merged_fp32`` and ``lora_branch`` are AI Toolkit's
-numerics, operation for operation (ostris/ai-toolkit 27a03a9, ``toolkit/network_mixins.py``,
-``toolkit/lora_special.py``). ``alpha_scale`` is AI Toolkit's ``self.scale``
+Each registered mode is a pure description (``LoraMode``): which of the engine's three mechanisms it
+uses (PEFT adapter layers; weights rewritten and restored from a snapshot after; a forward hook on each
+Linear) with which numerics. The engine (``parity.engine.lora.LoraApplier``) owns the state and applies
+it. ``lora_merged_fp32`` and ``lora_branch`` are AI Toolkit's numerics, operation for operation
+(ostris/ai-toolkit 27a03a9, ``toolkit/network_mixins.py``, ``toolkit/lora_special.py``). ``alpha_scale`` is AI Toolkit's ``self.scale``
 (alpha / rank, 1.0 when the file has no alpha keys, as AI Toolkit's own PEFT-format files);
 ``scale`` is the network multiplier.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -22,6 +26,20 @@ import torch
 from .registry import describe_family, register
 
 describe_family("lora_mode", "how a LoRA's delta is combined with the base weights")
+
+MECHANISMS = ("peft", "weights", "forward")
+
+
+@dataclass(frozen=True)
+class LoraMode:
+    """How one mode combines LoRAs with the base; the engine applies it and undoes it after the case."""
+
+    mechanism: str  # peft: diffusers' adapter layers | weights: rewrite the weights | forward: a hook per Linear
+    fuse: bool = False  # peft: merge the adapters into the weights (fuse_lora)
+    merge: Callable | None = None  # weights: (W, down, up, scale, alpha/rank) -> W'; its dtype is what is kept
+    # between LoRAs, so a merge that returns W's dtype rounds after each LoRA, one that returns float32 once
+    stochastic_fp8: bool = False  # weights: round back into fp8 storage stochastically, per fused BFL tensor
+    branch: Callable | None = None  # forward: (x, base output, down, up, scale, alpha/rank) -> output
 
 
 def lora_merged_fp32(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float,
@@ -69,57 +87,45 @@ def lora_branch(x: torch.Tensor, base_out: torch.Tensor, down: torch.Tensor, up:
     return base_out + lora_out.to(base_out.dtype)
 
 
-# --- the modes: each applies (file, scale) items to a LoraApplier and returns its undo ----------------
+# --- the modes ----------------------------------------------------------------------------------------------
 
 
 @register("lora_mode", "dynamic")
-def apply_dynamic(target, items) -> Callable[[], None]:
+def mode_dynamic() -> LoraMode:
     """PEFT adapters weighted at run time in the base dtype (reference server, diffusers set_adapters)."""
-    target.set_adapters(items)
-    return lambda: None
+    return LoraMode("peft")
 
 
 @register("lora_mode", "fused")
-def apply_fused(target, items) -> Callable[[], None]:
+def mode_fused() -> LoraMode:
     """PEFT fuse_lora into the weights; undone by copying the weights back (unfusing in bf16 is not exact)."""
-    names = target.set_adapters(items)
-    restore = target.snapshot({m for lora, _ in items for m in lora.modules})
-    target.adapters_unknown()  # until unfused below, whatever happens
-
-    def undo() -> None:
-        target.pipe.unfuse_lora(components=["transformer"])  # clears PEFT's merged flags, also after a partial fuse
-        restore()
-
-    try:
-        target.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
-    except BaseException:
-        undo()
-        raise
-    return undo
+    return LoraMode("peft", fuse=True)
 
 
 @register("lora_mode", "merged_fp32")
-def apply_merged_fp32(target, items) -> Callable[[], None]:
+def mode_merged_fp32() -> LoraMode:
     """AI Toolkit on an unquantized base: merged in float32, written in the base dtype, snapshot restored."""
-    restore = target.snapshot({m for lora, _ in items for m in lora.modules})
-    with torch.no_grad():
-        for lora, scale in items:
-            for module, (down, up) in lora.modules.items():
-                linear = target.linear(module)
-                d, u = down.to(linear.weight.device), up.to(linear.weight.device)
-                linear.weight.copy_(lora_merged_fp32(linear.weight, d, u, float(scale), lora.alpha_scale(module)))
-    return restore
+    return LoraMode("weights", merge=lora_merged_fp32)
 
 
 @register("lora_mode", "branch")
-def apply_branch(target, items) -> Callable[[], None]:
+def mode_branch() -> LoraMode:
     """AI Toolkit on a quantized base or mixed multipliers: a float32 side branch as a forward hook."""
-    hooks = []
-    for lora, scale in items:
-        for module, (down, up) in lora.modules.items():
-            linear = target.linear(module)
-            d, u = down.to(linear.weight.device), up.to(linear.weight.device)
-            hooks.append(linear.register_forward_hook(
-                lambda mod, args, out, d=d, u=u, s=float(scale), a=lora.alpha_scale(module):
-                lora_branch(args[0], out, d, u, s, a)))
-    return lambda: [hook.remove() for hook in hooks]
+    return LoraMode("forward", branch=lora_branch)
+
+
+def lora_patched_fp32(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, strength: float,
+                      alpha_scale: float = 1.0) -> torch.Tensor:
+    """ComfyUI's LoRA patch of one weight, in float32 and not yet rounded back.
+
+    comfy/weight_adapter/lora.py:161-208: up and down cast to float32, ``weight += (strength * alpha) *
+    (up @ down)`` on a float32 copy of the weight (comfy/model_patcher.py:605-612); alpha is alpha/rank,
+    1.0 when the file has no alpha.
+    """
+    return weight.float() + (float(strength) * float(alpha_scale)) * (up.float() @ down.float())
+
+
+@register("lora_mode", "patched_fp32")
+def mode_patched_fp32() -> LoraMode:
+    """ComfyUI LoraLoader: W + (strength*alpha)*(B@A) in float32, rounded to the stored dtype (fp8: stochastic)."""
+    return LoraMode("weights", merge=lora_patched_fp32, stochastic_fp8=True)

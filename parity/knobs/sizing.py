@@ -1,24 +1,34 @@
-"""Snapping rules: how a requested width/height becomes the size handed to the pipeline.
+"""Sizes: the one size plan of a case, and the snapping rules it is made of.
 
-The pipeline then applies its own ``max_area`` rescale and floors to 16
-(``pipeline_output_size``), exactly as diffusers' FluxKontextPipeline does.
+``size_plan`` is the only place that turns a case into sizes, each step named: the size asked for
+(``size_source``: the request, or the control image's), the size handed to the pipeline (``snap``),
+the pipeline's ``max_area`` and output size (diffusers' rescale to max_area keeping the aspect, floored
+to 16, or to 8 with ComfyUI's ``latent_padding``), and the control image's sizes (as loaded, its first
+resize ``control_target``, and the size the VAE encodes, ``control_encode``). The engine, the AI Toolkit
+import, the profiles and the tests all read sizes from it.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 from ..errors import ParityError
 from .registry import describe_family, register
 
 describe_family("snap", "requested width/height -> size passed to the pipeline")
 describe_family("size_source", "where the requested width/height come from (the request or the control image)")
+describe_family("latent_padding", "which output sizes the latent grid allows, and how odd latent sides meet the 2x2 patches")
 
-# FLUX.1-Kontext-dev's preferred resolutions (diffusers PREFERRED_KONTEXT_RESOLUTIONS), as (width, height).
-PREFERRED_KONTEXT_RESOLUTIONS = (
-    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248),
-    (880, 1184), (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832),
-    (1328, 800), (1392, 752), (1456, 720), (1504, 688), (1568, 672),
-)
+
+
+def preferred_resolutions() -> tuple[tuple[int, int], ...]:
+    """FLUX.1-Kontext-dev's preferred resolutions as (width, height), from diffusers itself."""
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+    return tuple(PREFERRED_KONTEXT_RESOLUTIONS)
 
 
 def _floor(value: int, divisor: int) -> int:
@@ -57,12 +67,44 @@ def snap_none(width: int, height: int) -> tuple[int, int]:
     return width, height
 
 
-def pipeline_output_size(width: int, height: int, max_area: int) -> tuple[int, int]:
-    """diffusers' Kontext rule: rescale to max_area keeping the requested aspect, floor to 16."""
+def pipeline_output_size(width: int, height: int, max_area: int, align: int = 16) -> tuple[int, int]:
+    """diffusers' Kontext rule: rescale to max_area keeping the requested aspect, floor to 16 (``align``)."""
     aspect = width / height
     out_w = round((max_area * aspect) ** 0.5)
     out_h = round((max_area / aspect) ** 0.5)
-    return out_w // 16 * 16, out_h // 16 * 16
+    return out_w // align * align, out_h // align * align
+
+
+@dataclass(frozen=True)
+class LatentGrid:
+    """How output pixels map to the transformer's tokens (the VAE divides by 8, a patch is 2x2 latents)."""
+
+    pixel_align: int  # output sides are floored to a multiple of this
+    pad: Callable[[torch.Tensor], torch.Tensor]  # NCHW latents -> NCHW latents with even sides
+
+
+def _no_padding(latents: torch.Tensor) -> torch.Tensor:
+    return latents
+
+
+def _circular_padding(latents: torch.Tensor) -> torch.Tensor:
+    """An odd side gets one more row/column, copied from the opposite edge (torch's circular padding)."""
+    pad_h, pad_w = latents.shape[-2] % 2, latents.shape[-1] % 2
+    if not pad_h and not pad_w:
+        return latents
+    return torch.nn.functional.pad(latents, (0, pad_w, 0, pad_h), mode="circular")
+
+
+@register("latent_padding", "none")
+def grid_none() -> LatentGrid:
+    """Sides floored to 16 px, so latents always pack into 2x2 patches (diffusers)."""
+    return LatentGrid(16, _no_padding)
+
+
+@register("latent_padding", "circular")
+def grid_circular() -> LatentGrid:
+    """Sides floored to 8 px; an odd latent side is circular-padded each step, ids ceil, output cropped (ComfyUI)."""
+    return LatentGrid(8, _circular_padding)
 
 
 def preferred_resolution(width: int, height: int) -> tuple[int, int]:
@@ -70,7 +112,7 @@ def preferred_resolution(width: int, height: int) -> tuple[int, int]:
     if width < 1 or height < 1:  # no aspect to match
         raise ParityError(f"a {width}x{height} image has no aspect ratio to match a preferred Kontext resolution")
     aspect = width / height
-    _, w, h = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
+    _, w, h = min((abs(aspect - w / h), w, h) for w, h in preferred_resolutions())
     return w, h
 
 
@@ -162,3 +204,46 @@ def size_from_lumenfall_1k(width: int, height: int, control_size: tuple[int, int
     """Lumenfall's 1K size nearest the control image's aspect (the request's without one)."""
     w, h = control_size if control_size else (width, height)
     return LUMENFALL_1K[nearest_ratio(w, h, LUMENFALL_1K)]
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """Every size of one case, in the order the pipeline meets them (each (width, height))."""
+
+    asked: tuple[int, int]  # what the request asks for (size_source)
+    requested: tuple[int, int]  # handed to the pipeline (snap)
+    max_area: int  # the pipeline's max_area (the case's, else requested width x height)
+    output: tuple[int, int]  # the pipeline's output: max_area rescale keeping the aspect, floored to the grid
+    control: tuple[int, int] | None  # the control image as loaded (after EXIF transpose when on)
+    control_target: tuple[int, int] | None  # its first resize (control_target; None: left at its own size)
+    control_encoded: tuple[int, int] | None  # what the VAE encodes (control_encode)
+
+    @property
+    def control_handed(self) -> tuple[int, int] | None:
+        """The control image as handed to the pipeline (after its first resize)."""
+        return self.control_target or self.control
+
+    def effective(self) -> dict:
+        """The sizes as the results table names them."""
+        return {"requested_width": self.requested[0], "requested_height": self.requested[1],
+                "max_area": self.max_area, "width": self.output[0], "height": self.output[1]}
+
+
+def size_plan(case, control: tuple[int, int] | None) -> SizePlan:
+    """The size plan of ``case`` (a Case) with a control image of size ``control`` (None: no control image)."""
+    from .control import control_encode_size
+    from .registry import lookup
+
+    asked = tuple(lookup("size_source", case.size_source)(case.width, case.height, control))
+    requested = tuple(lookup("snap", case.snap)(*asked))
+    max_area = case.max_area if case.max_area is not None else requested[0] * requested[1]
+    align = lookup("latent_padding", case.latent_padding)().pixel_align
+    output = pipeline_output_size(*requested, max_area, align)
+    if output[0] < align or output[1] < align:
+        raise ParityError(f'case "{case.name}": output size {output[0]}x{output[1]} is too small ({align} px minimum)')
+    target = encoded = None
+    if control is not None:
+        target = lookup("control_target", case.control_target)(requested, output, asked=asked, image_size=control)
+        target = tuple(target) if target is not None and tuple(target) != tuple(control) else None
+        encoded = control_encode_size(case, target or control)
+    return SizePlan(asked, requested, max_area, output, tuple(control) if control else None, target, encoded)

@@ -5,7 +5,9 @@ A profile file (YAML, one per system) holds
   knobs:    the system's fixed behaviour (snapping, resize, LoRA mode, dtype, encoding, ...),
   defaults: request values the system uses when a request leaves them out,
   exposes:  the request fields a user can set (a preview's value is used for those),
-  notes:    behaviours the source leaves open, and the choice made here.
+  notes:    behaviours the source leaves open, and the choice made here,
+  assumed:  the case fields (of knobs or defaults) whose values are such choices, not read in the source:
+            every case of the profile carries the list (tag `assumed`), and reports mark those values.
 Applying a profile never branches on its name: the engine only ever sees Case knobs.
 """
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ParityError, unknown_value
+from ..errors import ParityError, did_you_mean, unknown_value
 from ..yamlfile import read_yaml_mapping
 
 PROFILE_DIR = Path(__file__).resolve().parent
 REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance", "control_image")
-PROFILE_KEYS = ("name", "source", "description", "knobs", "defaults", "exposes", "notes")
+PROFILE_KEYS = ("name", "source", "description", "knobs", "defaults", "exposes", "notes", "assumed")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Profile:
     exposes: tuple = REQUEST_FIELDS
     notes: str = ""
     path: str = ""
+    assumed: tuple = ()
 
     def apply(self, base: dict) -> dict:
         """Case fields for this system: base <- defaults for unexposed fields <- fixed knobs.
@@ -53,10 +56,25 @@ def _read(path: Path) -> Profile:
     for key in ("knobs", "defaults"):
         if not isinstance(data.get(key) or {}, dict):
             raise ParityError(f"{key} must be a mapping of case fields to values", source=path)
+    exposes = data.get("exposes") or REQUEST_FIELDS
+    if not isinstance(exposes, list | tuple) or not all(isinstance(f, str) for f in exposes):
+        raise ParityError("exposes must be a list of case fields", source=path)
+    fixed = sorted(set(exposes) & set(data.get("knobs") or {}))
+    if fixed:  # a fixed knob would silently override what a request (or a preview) says
+        raise ParityError(f"{', '.join(fixed)}: both exposed (the request's value wins) and a fixed knob; "
+                          "put the system's default under defaults:", source=path)
+    assumed = data.get("assumed") or []
+    if not isinstance(assumed, list) or not all(isinstance(f, str) for f in assumed):
+        raise ParityError("assumed must be a list of case fields", source=path)
+    given = {**(data.get("knobs") or {}), **(data.get("defaults") or {})}
+    for name in assumed:
+        if name not in given:
+            raise ParityError(f'assumed: "{name}" is not a field of this profile\'s knobs or defaults'
+                              f"{did_you_mean(name, given)}", source=path)
     return Profile(name=data["name"], source=data.get("source", ""), description=data.get("description", ""),
                    knobs=dict(data.get("knobs") or {}), defaults=dict(data.get("defaults") or {}),
                    exposes=tuple(data.get("exposes") or REQUEST_FIELDS), notes=data.get("notes", ""),
-                   path=str(path))
+                   path=str(path), assumed=tuple(assumed))
 
 
 def available() -> dict[str, Path]:

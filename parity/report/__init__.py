@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import ParityError
 from ..gate import load_thresholds
-from ..results import write_atomic
+from ..files import write_atomic
+from ..results import planned_cases, selected
 from . import charts, html, junit, markdown, text
 from .data import build
 from .rows import load_rows
@@ -17,10 +18,12 @@ from .rows import load_rows
 FILES = {"html": "report.html", "markdown": "summary.md", "junit": "junit.xml"}
 
 
-def write_reports(run_dir: str | Path, thresholds: str | Path | None = None) -> dict:
-    """Gate with ``thresholds`` (the shipped defaults when None) and write every report."""
+def write_reports(run_dir: str | Path, thresholds: str | Path | None = None, *, select: str | None = None) -> dict:
+    """Gate with ``thresholds`` (the shipped defaults when None) and write every report; ``select``: only
+    the cases a -k expression matches."""
     run_dir = Path(run_dir)
-    data = build(run_dir, load_rows(run_dir), load_thresholds(thresholds))
+    rows, planned = selected(load_rows(run_dir), planned_cases(run_dir), select)
+    data = build(run_dir, rows, load_thresholds(thresholds), planned)
     paths = {key: run_dir / name for key, name in FILES.items()}
     try:
         chart_files = {"attribution": charts.attribution_chart(run_dir, data.effects),
@@ -31,4 +34,5 @@ def write_reports(run_dir: str | Path, thresholds: str | Path | None = None) -> 
     except OSError as err:
         raise ParityError(f"cannot write the reports: {err.strerror or err}", source=run_dir) from None
     return {**paths, "charts": {k: run_dir / v for k, v in chart_files.items() if v},
-            "passed": data.gate.passed, "summary_text": text.render(data, paths["html"])}
+            "passed": data.gate.passed, "exit_code": data.gate.exit_code, "gate": data.gate,
+            "summary_text": text.render(data, paths["html"])}

@@ -1,49 +1,25 @@
 """What drives the mismatch: each ablation's metric change against its own baseline.
 
-An ablation row changes one knob of a baseline case (tag_ablation names the knob; the baseline
-has tag_ablation "baseline"). Both are compared with the same preview, so the difference of
-their metrics is that knob's effect on the mismatch. Knobs are ranked by mean |delta LPIPS|
-over every preview they were tried on.
+An ablation row changes one knob of a baseline case: tag_ablation names the knob, tag_ablation_value
+its value and tag_ablation_of the baseline case (the plan writes them; a variant of its own sets
+``tags: {ablation: knob, ablation_value: ..., ablation_of: <baseline variant>}``). Both are compared
+with the same preview, so the difference of their metrics is that knob's effect on the mismatch.
+Knobs are ranked by mean |delta LPIPS| over every preview they were tried on.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 
-from ..gate import metric_value
-
-GROUP_TAGS = ("tag_run", "tag_step", "tag_prompt_index")
-
-
-def ablation_name_base(row: dict) -> str:
-    """The case name without its "[knob=value]" suffix: the baseline's name when the plan made it."""
-    suffix = f"[{row.get('tag_ablation')}={row.get('tag_ablation_value')}]"
-    return row["name"][: -len(suffix)] if row["name"].endswith(suffix) else row["name"]
-
-
-def preview_group(name: str, row: dict) -> tuple:
-    """Rows of one preview: the case name up to its last "/" and the run/step/prompt tags."""
-    return (name.rpartition("/")[0], *(str(row.get(tag, "")) for tag in GROUP_TAGS))
-
+from ..files import metric_value
 
 def ablation_deltas(rows: list[dict]) -> list[dict]:
     """One record per ablation row with a baseline and metrics: delta = ablation - baseline."""
-    ok = [r for r in rows if r.get("status") == "ok"]
-    baselines = [r for r in ok if r.get("tag_ablation") == "baseline"]
-    by_name = {r["name"]: r for r in baselines}
-    by_group = defaultdict(list)
-    for base in baselines:
-        by_group[preview_group(base["name"], base)].append(base)
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
     out = []
-    for row in ok:
-        knob = row.get("tag_ablation")
-        if not knob or knob == "baseline":
-            continue
-        name = ablation_name_base(row)
-        base = by_name.get(name)
-        if base is None and len(by_group[preview_group(name, row)]) == 1:
-            base = by_group[preview_group(name, row)][0]
-        if base is None:
+    for row in ok.values():
+        knob, base = row.get("tag_ablation"), ok.get(row.get("tag_ablation_of"))
+        if not knob or knob == "baseline" or base is None:
             continue
         delta_lpips, delta_ssim = _delta(row, base, "lpips"), _delta(row, base, "ssim")
         if delta_lpips is None and delta_ssim is None:

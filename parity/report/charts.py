@@ -11,8 +11,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..gate import metric_value
-from ..results import write_atomic
+from ..files import metric_value, write_atomic
 from .assets import ASSETS
 
 STAGES = (("time_text_encode_s", "text encode"), ("time_control_encode_s", "control encode"),

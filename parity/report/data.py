@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..gate import GateResult, Thresholds, check, metric_value
+from ..files import metric_value
+from ..gate import GateResult, Thresholds, check
 from .attribution import ablation_deltas, attribution, value_effects
 
 HIGHER_IS_BETTER = {"ssim": True, "lpips": False, "psnr": True}
@@ -54,6 +55,40 @@ class ReportData:
     def worst_by_lpips(self, n: int) -> list[dict]:
         return sorted(self.compared_rows, key=lambda r: -_sortable(metric_value(r, "lpips")))[:n]
 
+    @property
+    def hardware(self) -> list[tuple[str, str, int]]:
+        """(hardware_id, description, rows) of each machine the rows were computed on."""
+        from ..hardware import describe_row
+
+        seen: dict[str, list] = {}
+        for row in self.ok_rows:
+            if row.get("hardware_id"):
+                entry = seen.setdefault(row["hardware_id"], [describe_row(row), 0])
+                entry[1] += 1
+        return [(key, text, n) for key, (text, n) in seen.items()]
+
+    @property
+    def noise_cost(self) -> tuple[int, float]:
+        """(floors measured, seconds their reruns took) over the rows: what the noise floor cost."""
+        measured = [r for r in self.ok_rows if r.get("noise_from") and r.get("noise_from") == r["name"]]
+        return len(measured), sum(metric_value(r, "noise_time_s") or 0.0 for r in measured)
+
+    @property
+    def missing(self) -> list[str]:
+        """Gated cases of the plan that have no row."""
+        return [c.row["name"] for c in self.gate.cases if c.row.get("status") == "missing"]
+
+    @property
+    def assumptions(self) -> list[tuple[str, list[str]]]:
+        """(profile, ["field=value", ...]) of every profile whose values the rows carry as assumed (the
+        system's documents are silent there; the profile's `assumed:` list, tag `assumed`)."""
+        seen: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.get("tag_profile") and row.get("tag_assumed"):
+                kept = seen.setdefault(row["tag_profile"], [])
+                kept += [item for item in str(row["tag_assumed"]).split() if item not in kept]
+        return list(seen.items())
+
     def delta_of(self, name: str) -> dict | None:
         return next((d for d in self.deltas if d["name"] == name), None)
 
@@ -62,8 +97,10 @@ def _sortable(value: float | None) -> float:
     return math.inf if value is None or math.isnan(value) else value
 
 
-def build(run_dir: Path, rows: list[dict], thresholds: Thresholds) -> ReportData:
+def build(run_dir: Path, rows: list[dict], thresholds: Thresholds, planned: list[dict] | None) -> ReportData:
+    """``planned``: the run's plan (``results.planned_cases``), so a missing row is an error."""
     deltas = ablation_deltas(rows)
     ranking = attribution(deltas)
-    return ReportData(run_dir=Path(run_dir), rows=rows, gate=check(rows, thresholds), deltas=deltas,
+    gate = check(rows, thresholds, planned)
+    return ReportData(run_dir=Path(run_dir), rows=rows, gate=gate, deltas=deltas,
                       attribution=ranking, effects=value_effects(deltas, ranking))

@@ -30,4 +30,13 @@ def test_ssim_and_lpips_alex_1024(benchmark, threads):
     score, distance = benchmark.pedantic(
         lambda: (ssim(a, b), lpips_distance(a, b)), rounds=8, warmup_rounds=1
     )
-    assert -1 < score < 0.1 and 0 < distance < 1
+    # what was timed is the real computation: scikit-image's SSIM, and LPIPS of a pair against itself is 0
+    from skimage.metrics import structural_similarity
+
+    expected = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                     data_range=255, channel_axis=-1)
+    assert score == pytest.approx(expected, abs=1e-9)
+    assert lpips_distance(a, a) == pytest.approx(0.0, abs=1e-6) and distance > 0.1
+    if threads == 2:  # the goal is set for two cores
+        median = benchmark.stats.stats.median
+        assert median <= 0.5, f"SSIM + LPIPS at 1024x1024 on 2 threads: {median:.3f} s > 0.5 s"
