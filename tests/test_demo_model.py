@@ -14,8 +14,8 @@ from parity.demo import scenes
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "parity" / "data" / "shapes-kontext"
-RUNS = ROOT / "parity" / "data" / "shape-runs"
-SIDECARS = Path(__file__).resolve().parent / "data" / "shape-sidecars"
+RUNS = ROOT / "parity" / "data" / "demo-runs"
+SIDECARS = Path(__file__).resolve().parent / "data" / "aitk-sidecars"
 AITK_FIXTURE_LORA = Path(__file__).resolve().parent / "data" / "aitk-sidecars" / "tiny_bf16" / "lora_A_fp32_as_sampled.safetensors"
 
 
@@ -117,7 +117,7 @@ def test_model_does_a_held_out_edit(demo_pipe):
 
 
 def _lora_files():
-    return sorted(SIDECARS.glob("*/lora_*_fp32_as_sampled.safetensors"))
+    return sorted(SIDECARS.glob("shapes_*/lora_*_fp32_as_sampled.safetensors"))
 
 
 def test_lora_sets_have_ai_toolkits_key_format_and_load(demo_pipe):

@@ -14,7 +14,7 @@ from parity.gate import load_thresholds
 from parity.plan import load_plan
 from parity.profiles import load_profile
 
-DEMO_RUNS = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs"
+DEMO_RUNS = Path(__file__).resolve().parent / "data" / "tiny-runs"
 
 
 def plan_of(tmp_path: Path, spec: dict, name: str = "cases.yaml"):

@@ -32,10 +32,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 # Sizes of the build: chosen so that it takes ~15-20 min on 2 free cores (see README in parity/demo).
 VAE_SEED, VAE_STEPS, VAE_BATCH = 1, 3000, 8  # scratch runs: 27.2 dB held-out at 2000 steps, 29.1 at 3000
-BASE_SEED, BASE_PAIRS, BASE_STEPS, BASE_BATCH, BASE_LR = 2, 6000, 5000, 12, 1e-3
+BASE_SEED, BASE_PAIRS, BASE_STEPS, BASE_BATCH, BASE_LR = 2, 9000, 12000, 12, 1e-3
 # Edit types of the base pairs: recolour and remove (local edits that need the shape named in the
 # prompt found in the image) lagged far behind background and frame in scratch runs at equal shares.
-KIND_WEIGHTS = {"recolour": 0.35, "background": 0.15, "frame": 0.15, "remove": 0.35}
+KIND_WEIGHTS = {"recolour": 0.3, "background": 0.2, "frame": 0.2, "remove": 0.3}
 NEUTRAL_PREFIX_EVERY = 5  # one base pair in 5 gets a "<word> style, " prefix that changes nothing
 LORA_SEED, LORA_PAIRS, LORA_STEPS, LORA_BATCH, LORA_LR = 3, 1200, 300, 8, 2e-3
 LORA_CHECKPOINTS = (60, 300)  # A: the style half there; B: fully there

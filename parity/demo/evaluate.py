@@ -92,7 +92,7 @@ def edits_report(pipe, seeds_per_kind: dict[str, list[int]], *, sizes=(128, 128)
     return report
 
 
-def lora_report(pipe, lora_path, seeds: list[int], *, adapter: str = "eval") -> dict:
+def lora_report(pipe, lora_path, seeds: list[int], *, adapter: str = "zxq_eval") -> dict:
     """LPIPS(base, LoRA) per multiplier on trigger prompts (and at 1.0 without the trigger), and how
     close the LoRA output is to the zxq-styled target."""
     from safetensors.torch import load_file

@@ -33,7 +33,7 @@ def held_out_sheet(pipe, held: dict[str, list[int]], lora_path, path, per_kind: 
 
     from .evaluate import generate
 
-    pipe.load_lora_weights(load_file(str(lora_path)), adapter_name="sheet")
+    pipe.load_lora_weights(load_file(str(lora_path)), adapter_name="zxq_sheet")
     rows = []
     try:
         for kind, seeds in held.items():
@@ -46,5 +46,5 @@ def held_out_sheet(pipe, held: dict[str, list[int]], lora_path, path, per_kind: 
                 rows.append((f"{ex.prompt}  (control | output | target | + zxq LoRA)",
                              [ex.control, base, ex.target, styled]))
     finally:
-        pipe.delete_adapters(["sheet"])
+        pipe.delete_adapters(["zxq_sheet"])
     grid(rows).save(path)
