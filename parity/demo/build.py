@@ -50,7 +50,7 @@ MODEL_DIRNAME = "shapes-kontext"
 
 def _log_to(path: Path):
     t0 = time.perf_counter()
-    fh = path.open("w")
+    fh = path.open("a")  # a resumed build appends to the log of the one it resumes
 
     def log(msg: str) -> None:
         line = f"[{time.perf_counter() - t0:7.1f} s] {msg}"
@@ -131,24 +131,15 @@ def build(out: Path, threads: int = 2, resume: bool = False) -> dict:
             {k: report[k] for k in ("transformer_training", "text_compression_max_error", "zero_weight_rows")}))
     timed("transformer", t0)
 
-    # 5. LoRA
+    # 5. LoRA (with --resume, the checkpoints a stopped build saved are reused)
     t0 = time.perf_counter()
     lora_dir = out / "lora"
-    lora_params = lora.add_lora(transformer, seed=LORA_SEED)
-    lora_pairs = [scenes.example(s, styled=True) for s in LORA_SEEDS]
-    data = flow.TrainingData(pipe, lora_pairs, log=log)
-    lora_files = {}
-
-    def save_checkpoint(step: int) -> None:
-        path = lora_dir / f"zxq_step{step}.safetensors"
-        lora.save_aitk_lora(path, lora.aitk_state_dict(transformer), step=step, name="zxq")
-        lora_files[step] = path
-        log(f"LoRA checkpoint {path.name}")
-
-    report["lora_training"] = flow.train(
-        transformer, data, params=lora_params, steps=LORA_STEPS, batch=LORA_BATCH, lr=LORA_LR, seed=LORA_SEED,
-        checkpoints=LORA_CHECKPOINTS, on_checkpoint=save_checkpoint, log=log)
-    del data, pipe, transformer
+    if resume and (stage / "lora_training.json").exists():
+        lora_files = {step: lora_dir / f"zxq_step{step}.safetensors" for step in LORA_CHECKPOINTS}
+        report["lora_training"] = json.loads((stage / "lora_training.json").read_text())
+        log("LoRA checkpoints reused from a stopped build")
+    else:
+        lora_files = _train_lora(pipe, transformer, lora_dir, report, log)
     timed("lora", t0)
 
     # 6. measurements on the saved model
@@ -197,6 +188,28 @@ def _train_base(vae, text, report: dict, log):
         f"all-zero weight rows: {report['zero_weight_rows'] or 'none'}")
 
     return pipe
+
+
+def _train_lora(pipe, transformer, lora_dir: Path, report: dict, log) -> dict:
+    """Step 5: the zxq-style LoRA (PEFT) on the base; returns {step: checkpoint file}."""
+    from . import flow, lora, scenes
+
+    lora_params = lora.add_lora(transformer, seed=LORA_SEED)
+    lora_pairs = [scenes.example(s, styled=True) for s in LORA_SEEDS]
+    data = flow.TrainingData(pipe, lora_pairs, log=log)
+    lora_files = {}
+
+    def save_checkpoint(step: int) -> None:
+        path = lora_dir / f"zxq_step{step}.safetensors"
+        lora.save_aitk_lora(path, lora.aitk_state_dict(transformer), step=step, name="zxq")
+        lora_files[step] = path
+        log(f"LoRA checkpoint {path.name}")
+
+    report["lora_training"] = flow.train(
+        transformer, data, params=lora_params, steps=LORA_STEPS, batch=LORA_BATCH, lr=LORA_LR, seed=LORA_SEED,
+        checkpoints=LORA_CHECKPOINTS, on_checkpoint=save_checkpoint, log=log)
+    (lora_dir.parent / "_stages" / "lora_training.json").write_text(json.dumps(report["lora_training"]))
+    return lora_files
 
 
 def _model_info(report: dict, scale: float, shift: float) -> dict:

@@ -53,7 +53,7 @@ def edit_done(edit: scenes.Edit, output) -> dict:
         mask = scenes.shape_mask(edit.source, edit.shape_index) & scenes.background_mask(edit.target, erode=0)
         mean = out[mask].mean(0)
         value = float(np.linalg.norm(mean - np.asarray(edit.target.background_rgb)))
-        return {"done": value <= REMOVE_TOLERANCE, "value": round(value, 1), "nearest_is_target": None}
+        return {"done": bool(value <= REMOVE_TOLERANCE), "value": round(value, 1), "nearest_is_target": None}
     if edit.kind == "recolour":
         mask = scenes.shape_mask(edit.target, edit.shape_index)
     elif edit.kind == "background":
@@ -62,8 +62,8 @@ def edit_done(edit: scenes.Edit, output) -> dict:
         mask = scenes.frame_mask(edit.target)
     mean = out[mask].mean(0)
     value = _hue_gap(scenes.hue_of(mean), scenes.hue_of(scenes.PALETTE[edit.color]))
-    return {"done": value <= HUE_TOLERANCE, "value": round(value, 1),
-            "nearest_is_target": _nearest_name(mean) == edit.color}
+    return {"done": bool(value <= HUE_TOLERANCE), "value": round(float(value), 1),
+            "nearest_is_target": bool(_nearest_name(mean) == edit.color)}
 
 
 def edits_report(pipe, seeds_per_kind: dict[str, list[int]], *, sizes=(128, 128)) -> dict:
