@@ -14,7 +14,8 @@ The runs cover what makes a preview hard to reproduce (see ../shared/notes/konte
                with alpha, an EXIF-rotated JPEG control (orientation 6, which AI Toolkit ignores),
                ``--seed`` and ``seed:`` overrides, control aspect != output aspect, one multiplier
                (the LoRA merged into the bf16 weights while sampling), guidance 2.5
-  shapes_png   float32, ``format: png`` previews (no JPEG loss), no walk_seed
+  shapes_png   float32, ``format: png`` previews (no JPEG loss), no walk_seed (written for the tool; not
+               drawn for the committed demo, which is shapes_bf16 and shapes_odd)
 Every run keeps ``train.steps: 20``, ``save_every: 10``, ``sample_every: 10``: the tool sets the LoRA
 at steps 1 and 11, so previews 0 / 10 / 20 show the base, checkpoint A and checkpoint B.
 """
