@@ -164,3 +164,18 @@ def test_odd_run_has_the_awkward_controls():
         assert im.mode == "RGBA" and im.getchannel("A").getextrema()[0] < 255
     with Image.open(control / "exif_orient6_128x96.jpg") as im:
         assert im.getexif().get(0x0112) == 6
+
+
+def test_the_build_runs_end_to_end_at_toy_sizes(tmp_path, monkeypatch):
+    """`make demo-model` in miniature (~25 s): every step, the saved files and the report, at toy sizes."""
+    from parity.demo import build
+
+    for name, value in {"VAE_STEPS": 10, "BASE_SEEDS": range(40), "BASE_STEPS": 10, "LORA_STEPS": 10,
+                        "LORA_SEEDS": range(10_000_000, 10_000_020), "LORA_CHECKPOINTS": (5, 10),
+                        "EVAL_PER_KIND": 1, "EVAL_LORA": 1, "FACTOR_SEEDS": range(20_000_000, 20_000_005)}.items():
+        monkeypatch.setattr(build, name, value)
+    report = build.build(tmp_path, threads=1)
+    assert set(report["edits"]) == set(scenes.EDITS) and set(report["lora_effect"]) == {"step5", "step10"}
+    assert (tmp_path / "shapes-kontext" / "model_index.json").is_file() and (tmp_path / "aitk" / "runs.yaml").is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["timings_s"]["total"] > 0
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["zxq_step10.safetensors", "zxq_step5.safetensors"]
