@@ -47,7 +47,7 @@ def plan_options(command):
                      help="Run folder for outputs and results (default: reports/<case file name>). Rerunning "
                           "resumes."),
         click.option("--base", default=None, help='Base model: a diffusers folder, a model id, or "embedded" (the '
-                     "tiny demo model). Default: the case file's `base`, else embedded."),
+                     "demo model). Default: the case file's `base`, else embedded."),
         click.option("--previews", "previews", multiple=True, type=click.Path(exists=True, path_type=Path),
                      help="AI Toolkit run folder (or samples/ folder with --config) whose previews to reproduce; "
                           "repeatable; replaces the case file's previews.runs."),

@@ -8,7 +8,8 @@ A case file has
   cases:     explicit cases, each with optional `profile`, `matrix` (cartesian sweep) and
              `ablate` (one knob changed at a time from the case itself)
   variants:  with previews: how to re-run every preview (a profile, `set` overrides, matrix/ablate,
-             `train_steps` to apply a variant only to the previews of some training steps)
+             `train_steps` to apply a variant only to the previews of some training steps, `prompts`
+             ([0, 2]: prompt indices) only to the previews of some sample prompts)
 `steps` is always the number of denoising steps. Relative paths (also inside matrix, ablate and
 set, and a profile given as a .yaml file) are relative to the case file. Every problem names the
 file and the case.
@@ -93,6 +94,9 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
                     only = _step_selector(merged.pop("train_steps", None), f'variant "{merged["name"]}" train_steps')
                     if request["tags"]["step"] not in _selected(only, reproducible):
                         continue
+                    prompts = _prompt_selector(merged.pop("prompts", None), f'variant "{merged["name"]}" prompts')
+                    if prompts is not None and request["tags"]["prompt_index"] not in prompts:
+                        continue
                     for variant in _variants(merged):
                         plan.cases.append(_build(request, variant, root, prefix=request["name"]))
     elif "previews" in data and not plan.cases:
@@ -153,6 +157,15 @@ def _step_selector(value, where: str):
     if isinstance(value, list) and value and all(is_integer(v) for v in value):
         return [int(v) for v in value]
     raise ParityError(f'{where} must be "last", "first" or a list of training steps such as [10], not {value!r}')
+
+
+def _prompt_selector(value, where: str) -> set[int] | None:
+    """A variant's ``prompts``: the sample-prompt indices (0-based, as in the preview file names) it applies to."""
+    if value is None:
+        return None
+    if isinstance(value, list) and value and all(is_integer(v) and v >= 0 for v in value):
+        return {int(v) for v in value}
+    raise ParityError(f"{where} must be a non-empty list of sample-prompt indices such as [0], not {value!r}")
 
 
 def _selected(selector, steps: list[int]) -> set[int]:

@@ -1,4 +1,9 @@
-"""Shared fixtures: one torch thread (2-core machines), the embedded tiny model, the demo runs."""
+"""Shared fixtures: one torch thread (2-core machines), the tiny seeded model and its genuine runs, the demo.
+
+"embedded" means, in the tests, the older seeded tiny model (tests/data/tiny-kontext): most tests
+reproduce its genuine AI Toolkit runs (tests/data/tiny-runs), fixtures kept for fidelity. The demo
+model (parity/data/shapes-kontext) and its runs (parity/data/demo-runs) are tested by path.
+"""
 from __future__ import annotations
 
 import os
@@ -6,6 +11,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+TINY_BASE = Path(__file__).resolve().parent / "data" / "tiny-kontext"
+os.environ["PARITY_EMBEDDED_BASE"] = str(TINY_BASE)  # inherited by the CLI subprocesses of the tests
 
 import pytest
 import torch
@@ -14,8 +21,10 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-DEMO_RUNS = ROOT / "parity" / "data" / "demo-runs"
+DEMO_RUNS = ROOT / "tests" / "data" / "tiny-runs"
 SIDECARS = DATA / "aitk-sidecars"
+SHAPES_BASE = ROOT / "parity" / "data" / "shapes-kontext"
+SHAPES_RUNS = ROOT / "parity" / "data" / "demo-runs"
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,11 @@ from PIL import Image
 
 from parity.case import Case, LoraSpec
 from parity.engine import Engine
-from parity.engine.loader import EMBEDDED_BASE
+from parity.engine.loader import embedded_base
 from parity.plan import Plan
 from parity.runner import Runner
 
-DEMO = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs"
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-runs"
 PROMPTS = ("make it a red cat", "turn it blue", "add a red frame", "zxq style photo of the image")
 CONTROLS = (DEMO / "tiny_bf16" / "control" / "ctrl_square_128.png", DEMO / "tiny_bf16" / "control" / "ctrl_wide_192x108.png",
             DEMO / "tiny_odd" / "control" / "ctrl_tall_alpha_90x150.png", DEMO / "tiny_odd" / "control" / "ctrl_small_64x48.jpg")
@@ -66,7 +66,7 @@ def naive_script(cases: list[Case], out: Path, device: str) -> list[Image.Image]
 
     images = []
     for case in cases:
-        pipe = FluxKontextPipeline.from_pretrained(str(EMBEDDED_BASE), dtype=torch.bfloat16).to(device)
+        pipe = FluxKontextPipeline.from_pretrained(embedded_base(), dtype=torch.bfloat16).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.load_lora_weights(case.loras[0].path, adapter_name="lora")
         pipe.set_adapters(["lora"], [case.loras[0].scale])

@@ -23,7 +23,7 @@ from parity.errors import ParityError
 from parity.importers import import_request
 from parity.plan import load_plan
 
-DEMO = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs"
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-runs"
 # profile -> the fields searched here (the rest keep the preview's value or the system's default)
 PROFILES = {
     "fal": ["seed", "output_format"],

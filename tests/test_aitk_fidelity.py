@@ -97,10 +97,14 @@ def _merge_history(previews: list[dict]) -> dict[int, list[int]]:
 
 @pytest.fixture(scope="module")
 def figures(engine, demo_runs, sidecars):
+    return reproduce_runs(engine, demo_runs, sidecars, RUNS)
+
+
+def reproduce_runs(engine, demo_runs: Path, sidecars: Path, runs) -> list[dict]:
     """Run every preview three ways; rows of (run, preview, step, mode, file, fp32, fp32+history)."""
     pipe, applier = engine.pipeline("bf16")
     rows = []
-    for run in RUNS:
+    for run in runs:
         previews = _previews(sidecars, run)
         history = _merge_history([s for _, s in previews])
         for path, side in previews:

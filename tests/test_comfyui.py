@@ -21,7 +21,7 @@ from parity.profiles import load_profile
 
 DATA = Path(__file__).resolve().parent / "data" / "comfyui"
 CASES = DATA / "cases"
-DEMO = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs"
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-runs"
 FP32 = ["stock_kontext_scale_fp32", "bypass128_lora_fp32", "odd168x104_fp32", "weighted_fp32", "long_prompt_fp32",
         "exif_bypass_fp32", "alpha_bypass_fp32"]
 

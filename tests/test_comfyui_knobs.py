@@ -25,7 +25,7 @@ from parity.knobs.text import weighted_segments
 
 DATA = Path(__file__).resolve().parent / "data" / "comfyui"
 CASES = DATA / "cases"
-DEMO = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs"
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-runs"
 LORA = DEMO / "tiny_bf16" / "tiny_bf16.safetensors"
 NEW_FIELDS = ("noise", "latent_padding", "control_encode", "sampler", "latent_dtype", "timestep_dtype",
               "prompt_encoding", "text_encoder_dtype", "output_uint8")

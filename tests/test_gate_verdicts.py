@@ -204,8 +204,8 @@ def test_calibrate_margin_loosens_the_bounds(tmp_path):
     assert t["lpips_max"] >= max(r["lpips"] for r in latest_rows(good))
 
 
-@pytest.mark.parametrize("run", [PNG_RUN, ROOT / "parity" / "data" / "demo-runs" / "tiny_bf16",
-                                 ROOT / "parity" / "data" / "demo-runs" / "tiny_odd"], ids=lambda p: p.name)
+@pytest.mark.parametrize("run", [PNG_RUN, ROOT / "tests" / "data" / "tiny-runs" / "tiny_bf16",
+                                 ROOT / "tests" / "data" / "tiny-runs" / "tiny_odd"], ids=lambda p: p.name)
 def test_the_aitk_preview_profile_overrides_nothing_a_preview_says(tmp_path, run):
     """Field by field, the case a plan runs is the case the import read off the preview and its config."""
     from parity.aitk import load_run, preview_cases

@@ -20,7 +20,7 @@ from parity.importers import import_request
 from parity.plan import load_plan
 from parity.profiles import load_profile
 
-DEMO = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs" / "tiny_bf16"
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-runs" / "tiny_bf16"
 CONTROL = DEMO / "control" / "ctrl_square_128.png"
 # seed 002, "Style-preset edit with the Dev variant" (its style_preset is refused; see below)
 PRODIA_DOC_JOB = {"type": "inference.flux-fast.dev-kontext.img2img.v1",

@@ -17,7 +17,7 @@ from parity.importers import import_request
 from parity.plan import load_plan
 
 REQUESTS = Path(__file__).resolve().parent / "data" / "requests"
-DEMO = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs" / "tiny_bf16"
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-runs" / "tiny_bf16"
 
 
 @pytest.fixture()

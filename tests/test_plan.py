@@ -14,7 +14,7 @@ from parity.gate import load_thresholds
 from parity.plan import load_plan
 from parity.profiles import load_profile
 
-DEMO_RUNS = Path(__file__).resolve().parent.parent / "parity" / "data" / "demo-runs"
+DEMO_RUNS = Path(__file__).resolve().parent / "data" / "tiny-runs"
 
 
 def plan_of(tmp_path: Path, spec: dict, name: str = "cases.yaml"):
@@ -73,6 +73,16 @@ def test_the_old_steps_selector_says_train_steps(tmp_path):
     fails(tmp_path, spec, "steps is the number of denoising steps; training steps are selected with "
                           "train_steps: 'last'")
 
+
+
+def test_a_variant_can_be_limited_to_some_sample_prompts(tmp_path):
+    spec = {"previews": {"runs": [str(DEMO_RUNS / "tiny_bf16")], "train_steps": "last"},
+            "variants": [{"name": "all"}, {"name": "some", "prompts": [0, 2]}]}
+    names = [c.name for c in plan_of(tmp_path, spec).cases]
+    assert sorted(n for n in names if n.endswith("/some")) == ["tiny_bf16/step20/p0/some", "tiny_bf16/step20/p2/some"]
+    assert len([n for n in names if n.endswith("/all")]) == 3
+    spec["variants"][1]["prompts"] = 1
+    fails(tmp_path, spec, 'variant "some" prompts must be a non-empty list of sample-prompt indices such as [0], not 1')
 
 # --- paths are relative to the case file wherever they are written -----------------------------------------------
 

@@ -109,17 +109,18 @@ def test_profiles_keep_what_a_user_can_set_and_default_the_rest(tmp_path):
 
 def test_profile_sweep_and_ablation_case_files_expand():
     sweep = load_plan(CASES / "profiles.yaml").cases
-    assert Counter(c.tag("profile") for c in sweep) == {p: 7 for p in available()}
+    assert Counter(c.tag("profile") for c in sweep) == {p: 8 for p in available()}
     assert {c.tag("step") for c in sweep} == {"10"}
     assert {c.tag("profile") for c in sweep if c.gated} == {"aitk-preview"}
     ablation = load_plan(CASES / "ablation.yaml").cases
-    assert len(ablation) == 7 * 31 and sum(c.gated for c in ablation) == 7
+    assert len(ablation) == 8 * 31 and sum(c.gated for c in ablation) == 8
     knobs = {c.tag("ablation") for c in ablation}
     assert {"snap", "control_resize", "lora_mode", "dtype", "quantize", "shift", "guidance_mode"} <= knobs
     cfg = next(c for c in ablation if c.tag("ablation") == "guidance_mode")
     assert (cfg.guidance_mode, cfg.true_cfg_scale, cfg.negative_prompt) == ("true_cfg", 1.5, "blurry, low quality")
-    odd = {c.name.split("/", 3)[-1]: c for c in ablation if c.name.startswith("tiny_odd/step10/p1/")}
-    assert sizes(odd["ablation[snap=round16]"], (64, 48))[2] == (208, 144)
+    odd = {c.name.split("/", 3)[-1]: c for c in ablation if c.name.startswith("shapes_odd/step10/p0/")}
+    assert sizes(odd["ablation"], (112, 80))[2] == (112, 80)  # 120x88 asked for: AI Toolkit floors to 16
+    assert sizes(odd["ablation[snap=round16]"], (112, 80))[2] == (128, 96)
     assert odd["ablation[quantize=qfloat8]"].loras[0].mode == "branch"
 
 

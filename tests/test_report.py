@@ -201,7 +201,7 @@ def test_attribution_follows_the_baseline_the_plan_recorded(tmp_path):
     """A variant of its own names its baseline variant; the plan turns it into the full case name."""
     from parity.plan import load_plan
 
-    spec = {"previews": {"runs": [str(ROOT / "parity" / "data" / "demo-runs" / "tiny_bf16")], "train_steps": "last"},
+    spec = {"previews": {"runs": [str(ROOT / "tests" / "data" / "tiny-runs" / "tiny_bf16")], "train_steps": "last"},
             "variants": [{"name": "base", "ablate": {"guidance": [2.5]}},
                          {"name": "my-try", "set": {"dtype": "fp32"},
                           "tags": {"ablation": "dtype", "ablation_value": "fp32", "ablation_of": "base"}}]}

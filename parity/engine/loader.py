@@ -1,6 +1,11 @@
-"""Loading a Kontext base: device choice, dtype, offload, and the tiny embedded model.
+"""Loading a Kontext base: device choice, dtype, offload, and the embedded demo model.
 
-Every base, the 12B checkpoint and the 1 MB demo model alike, goes through
+The embedded model (``parity/data/shapes-kontext``) is the demo model ``make demo-model`` trains
+(``parity.demo``): a tiny FLUX.1-Kontext that edits scenes of flat shapes. ``PARITY_EMBEDDED_BASE``
+points "embedded" at another folder (the tests use it for the older seeded tiny model, whose genuine
+previews are fidelity fixtures).
+
+Every base, the 12B checkpoint and the few-MB demo model alike, goes through
 ``FluxKontextPipeline.from_pretrained``, so what is proven here on CPU is the real path.
 """
 from __future__ import annotations
@@ -17,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silence "requires to
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "model", "sequential")
 DEFAULT_BASE = "black-forest-labs/FLUX.1-Kontext-dev"
-EMBEDDED_BASE = Path(__file__).resolve().parent.parent / "data" / "tiny-kontext"
+EMBEDDED_BASE = Path(__file__).resolve().parent.parent / "data" / "shapes-kontext"
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -35,10 +40,15 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def resolve_base(base: str | os.PathLike | None) -> str:
-    """A local folder, 'embedded' (the tiny demo model) or a Hugging Face model id."""
+    """A local folder, 'embedded' (the demo model, or $PARITY_EMBEDDED_BASE) or a Hugging Face model id."""
     if base in (None, "", "embedded"):
-        return str(EMBEDDED_BASE)
+        return embedded_base()
     return str(base)
+
+
+def embedded_base() -> str:
+    """The folder "embedded" stands for: $PARITY_EMBEDDED_BASE when set, else the demo model."""
+    return os.environ.get("PARITY_EMBEDDED_BASE") or str(EMBEDDED_BASE)
 
 
 def load_pipeline(base: str, dtype: str, device: torch.device, offload: str = "none", components: dict | None = None):

@@ -20,7 +20,7 @@ from parity.case import Case, LoraSpec
 from parity.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "parity" / "data" / "demo-runs" / "tiny_bf16"
+DEMO = ROOT / "tests" / "data" / "tiny-runs" / "tiny_bf16"
 CONTROL = str(DEMO / "control" / "ctrl_square_128.png")
 LORA = str(DEMO / "tiny_bf16_000000010.safetensors")
 BASE = dict(prompt="make it a red cat", control_image=CONTROL, width=128, height=128, max_area=None, steps=8,
@@ -113,11 +113,11 @@ def test_harness_case_vs_warm_pipeline_call(benchmark):
     from diffusers import FluxKontextPipeline
 
     from harness_compare import distinct_matrix
-    from parity.engine.loader import EMBEDDED_BASE
+    from parity.engine.loader import embedded_base
 
     case = distinct_matrix(1)[0]
     engine = Engine("embedded")
-    pipe = FluxKontextPipeline.from_pretrained(str(EMBEDDED_BASE), dtype=torch.bfloat16).to(engine.device)
+    pipe = FluxKontextPipeline.from_pretrained(embedded_base(), dtype=torch.bfloat16).to(engine.device)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(case.loras[0].path, adapter_name="lora")
     pipe.set_adapters(["lora"], [case.loras[0].scale])
