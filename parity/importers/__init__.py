@@ -138,6 +138,11 @@ class Context:
             return str(path)
         return os.path.relpath(path, self.out_dir.resolve())
 
+    def _file(self, ref: str) -> Path:
+        """The file a reference written by ``_ref`` names (relative references are to the case file's folder)."""
+        path = Path(ref)
+        return path if path.is_absolute() or self.out_dir is None else self.out_dir.resolve() / path
+
 
 class Fields:
     """One JSON object of the request; reads typed fields and remembers which keys were read."""

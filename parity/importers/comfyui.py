@@ -462,7 +462,7 @@ class Graph:
         if width == 0 or height == 0:  # ImageScale keeps the aspect (nodes.py:1799-1802)
             from ..imaging import header_size
 
-            w, h = header_size(pixels.path, "control image", exif_transposed=True)
+            w, h = header_size(self.ctx._file(pixels.path), "control image", exif_transposed=True)
             width = width or max(1, round(w * height / h))
             height = height or max(1, round(h * width / w))
         if min(width, height) < 8:
