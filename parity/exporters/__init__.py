@@ -77,6 +77,11 @@ def output_size(preview: Case) -> tuple[int, int]:
     return pipeline_output_size(width, height, preview.max_area or width * height)
 
 
+def chosen(values: dict, keys) -> dict:
+    """The request fields among ``keys`` that the chosen values set (None: the field is left out)."""
+    return {key: values[key] for key in keys if values.get(key) is not None}
+
+
 def clamp(value, lo, hi):
     return max(lo, min(hi, value))
 

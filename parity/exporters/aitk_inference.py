@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..case import Case
 from ..errors import ParityError
 from ..importers.aitk_inference import MODEL
-from . import Choice, Field, Files, guidance_field, output_size, scale_field, seed_field, steps_field
+from . import Choice, Field, Files, chosen, guidance_field, output_size, scale_field, seed_field, steps_field
 
 FORMAT = "aitk-inference"
 SIDE = (64, 4096)  # prompts[].width/height
@@ -36,9 +36,7 @@ def body(preview: Case, values: dict, files: Files) -> dict:
     prompt = {"prompt": preview.prompt, "ctrl_img": files.data_uri(preview.control_image)}
     if values.get("width/height") is not None:
         prompt["width"], prompt["height"] = values["width/height"]
-    for key in ("sample_steps", "guidance_scale", "seed"):
-        if values.get(key) is not None:
-            prompt[key] = values[key]
+    prompt.update(chosen(values, ("sample_steps", "guidance_scale", "seed")))
     lora = {"path": files.path(preview.loras[0].path)}
     if values.get("network_multiplier") is not None:
         lora["network_multiplier"] = values["network_multiplier"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..case import Case
 from ..importers.fal import GUIDANCE, RATIOS, STEPS
 from ..knobs.sizing import nearest_ratio
-from . import Choice, Field, Files, guidance_field, output_size, scale_field, seed_field, steps_field
+from . import Choice, Field, Files, chosen, guidance_field, output_size, scale_field, seed_field, steps_field
 
 FORMAT = "fal"
 
@@ -30,9 +30,7 @@ def fields(previews: list[Case]) -> list[Field]:
 
 def body(preview: Case, values: dict, files: Files) -> dict:
     out = {"prompt": preview.prompt, "image_url": files.data_uri(preview.control_image)}
-    for key in ("num_inference_steps", "guidance_scale", "seed", "resolution_mode", "output_format"):
-        if values.get(key) is not None:
-            out[key] = values[key]
+    out.update(chosen(values, ("num_inference_steps", "guidance_scale", "seed", "resolution_mode", "output_format")))
     if preview.loras:
         out["loras"] = [{"path": files.path(lora.path), **({"scale": values["loras[].scale"]}
                                                          if values.get("loras[].scale") is not None else {})}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..case import Case
 from ..importers.fal import GUIDANCE, STEPS
-from . import Choice, Field, Files, guidance_field, output_size, seed_field, steps_field
+from . import Choice, Field, Files, chosen, guidance_field, output_size, seed_field, steps_field
 
 FORMAT = "lumenfall"
 MODEL = "flux.1-kontext-dev"
@@ -32,9 +32,8 @@ def fields(previews: list[Case]) -> list[Field]:
 
 def body(preview: Case, values: dict, files: Files) -> dict:
     out = {"model": MODEL, "prompt": preview.prompt, "image": files.data_uri(preview.control_image)}
-    for key in ("size", "num_inference_steps", "cfg_scale", "seed", "output_format", "output_compression"):
-        if values.get(key) is not None:
-            out[key] = values[key]
+    out.update(chosen(values, ("size", "num_inference_steps", "cfg_scale", "seed", "output_format",
+                               "output_compression")))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..case import Case
 from ..importers.oxen import ASPECT_RATIOS, GUIDANCE, MATCH_INPUT, MODEL, STEPS
 from ..knobs.sizing import nearest_ratio
-from . import Choice, Field, Files, guidance_field, output_size, seed_field, steps_field
+from . import Choice, Field, Files, chosen, guidance_field, output_size, seed_field, steps_field
 
 FORMAT = "oxen"
 
@@ -31,9 +31,8 @@ def fields(previews: list[Case]) -> list[Field]:
 
 def body(preview: Case, values: dict, files: Files) -> dict:
     out = {"model": MODEL, "input_image": files.data_uri(preview.control_image), "prompt": preview.prompt}
-    for key in ("aspect_ratio", "num_inference_steps", "guidance", "seed", "output_format", "output_quality"):
-        if values.get(key) is not None:
-            out[key] = values[key]
+    out.update(chosen(values, ("aspect_ratio", "num_inference_steps", "guidance", "seed", "output_format",
+                               "output_quality")))
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..case import Case
 from ..importers.prodia import JOB_TYPE, STEPS
 from ..knobs.sizing import snap_prodia
-from . import Choice, Field, Files, guidance_field, output_size, seed_field, steps_field
+from . import Choice, Field, Files, chosen, guidance_field, output_size, seed_field, steps_field
 
 FORMAT = "prodia"
 
@@ -29,9 +29,7 @@ def body(preview: Case, values: dict, files: Files) -> dict:
     config = {"prompt": preview.prompt}
     if values.get("width/height") is not None:
         config["width"], config["height"] = values["width/height"]
-    for key in ("steps", "guidance_scale", "seed"):
-        if values.get(key) is not None:
-            config[key] = values[key]
+    config.update(chosen(values, ("steps", "guidance_scale", "seed")))
     return {"type": JOB_TYPE, "config": config}
 
 
