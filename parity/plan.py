@@ -23,7 +23,7 @@ from pathlib import Path
 from .case import Case, LoraSpec
 from .errors import ParityError, did_you_mean
 from .profiles import load_profile
-from .validate import checked, is_integer
+from .validate import checked
 from .yamlfile import read_yaml_mapping
 
 TOP_KEYS = ("base", "previews", "defaults", "cases", "variants", "description")
@@ -154,18 +154,18 @@ def _step_selector(value, where: str):
     """None (every step), "last" / "first" (a run's final / earliest previews) or a list of training steps."""
     if value is None or value in ("last", "first"):
         return value
-    if isinstance(value, list) and value and all(is_integer(v) for v in value):
-        return [int(v) for v in value]
-    raise ParityError(f'{where} must be "last", "first" or a list of training steps such as [10], not {value!r}')
+    if not isinstance(value, list) or not value:
+        raise ParityError(f'{where} must be "last", "first" or a list of training steps such as [10], not {value!r}')
+    return [checked(v, "integer", f"{where}[{i}]", lo=0) for i, v in enumerate(value)]
 
 
 def _prompt_selector(value, where: str) -> set[int] | None:
     """A variant's ``prompts``: the sample-prompt indices (0-based, as in the preview file names) it applies to."""
     if value is None:
         return None
-    if isinstance(value, list) and value and all(is_integer(v) and v >= 0 for v in value):
-        return {int(v) for v in value}
-    raise ParityError(f"{where} must be a non-empty list of sample-prompt indices such as [0], not {value!r}")
+    if not isinstance(value, list) or not value:
+        raise ParityError(f"{where} must be a non-empty list of sample-prompt indices such as [0], not {value!r}")
+    return {checked(v, "integer", f"{where}[{i}]", lo=0) for i, v in enumerate(value)}
 
 
 def _selected(selector, steps: list[int]) -> set[int]:

@@ -83,6 +83,11 @@ def test_a_variant_can_be_limited_to_some_sample_prompts(tmp_path):
     assert len([n for n in names if n.endswith("/all")]) == 3
     spec["variants"][1]["prompts"] = 1
     fails(tmp_path, spec, 'variant "some" prompts must be a non-empty list of sample-prompt indices such as [0], not 1')
+    spec["variants"][1]["prompts"] = [0, -1]
+    fails(tmp_path, spec, 'variant "some" prompts[1] must be an integer >= 0, not -1')
+    spec["variants"][1]["prompts"] = [0]
+    spec["variants"][1]["train_steps"] = [10, "x"]
+    fails(tmp_path, spec, "variant \"some\" train_steps[1] must be an integer >= 0, not 'x'")
 
 # --- paths are relative to the case file wherever they are written -----------------------------------------------
 
