@@ -12,7 +12,7 @@ OUT ?= reports/parity
 THREADS ?= 1
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= build/demo-model
-DEMO_THREADS ?= 2
+DEMO_THREADS ?= 1
 
 # With PREVIEWS (a user's AI Toolkit run), BASE defaults to the real checkpoint; without, to the embedded model.
 BASE_ARG := $(if $(BASE),--base $(BASE),$(if $(PREVIEWS),--base black-forest-labs/FLUX.1-Kontext-dev))

@@ -6,7 +6,9 @@ so the model goes through exactly the code path of the 12B checkpoint; widths ar
 128 px, 8-step edit costs about 0.2 s on one CPU thread.
 
 The text encoders are seeded random and frozen (the brief of the existing tiny model): the
-transformer learns to read them. Their tokenizers are built here with one token per instruction
+transformer learns to read them. Three of T5's heads are set to attend to a fixed neighbour, so the
+encoding carries word order (``_make_t5_attention_local``); with that alone, held-out recolour edits
+went from 28% to 92% done. Their tokenizers are built here with one token per instruction
 word (T5 Unigram pieces, CLIP byte-level BPE merges), so a word is one clean vector to attend to,
 while any other text still tokenizes (letters and bytes are in the vocabularies too).
 """
@@ -135,9 +137,38 @@ def make_text_encoders(clip_tokenizer, t5_tokenizer):
         vocab_size=len(t5_tokenizer), d_model=T5_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
         dropout_rate=0.0, is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1))
+    _make_t5_attention_local(t5)
     for model in (clip, t5):
         model.eval().requires_grad_(False)
     return clip, t5
+
+
+# T5 heads given a strong relative-position bias: head -> relative position (key minus query) it attends to.
+LOCAL_HEADS = {0: -1, 1: +1, 2: 0}  # the previous token, the next token, the token itself; head 3 stays random
+LOCAL_BIAS = 10.0  # an attention logit e^10 above the rest: ~99% on that one token even among 511 pads
+
+
+def _make_t5_attention_local(t5) -> None:
+    """Let T5 encode word order: three heads attend to a fixed neighbour.
+
+    Why: a seeded random T5 with 500 padding tokens spreads every head's attention over the padding,
+    so each word's encoding is its own embedding plus the same padding average. It encodes a bag of
+    words: "make the red circle blue" and "make the blue circle red" gave "red" encodings 0.024 apart
+    (norm 5.7). A recolour prompt names two colours, and only their order says which is which. With
+    these heads, a word's encoding carries its neighbours ("the red" vs "circle red"), so the
+    transformer can tell the colour to find from the colour to paint. The bias table is shared by all
+    layers, as in T5; the pattern is set on top of the seeded random values.
+    """
+    import torch
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    attention = t5.encoder.block[0].layer[0].SelfAttention
+    buckets = T5Attention._relative_position_bucket(
+        torch.tensor(list(LOCAL_HEADS.values())), bidirectional=True,
+        num_buckets=attention.relative_attention_num_buckets, max_distance=attention.relative_attention_max_distance)
+    with torch.no_grad():
+        for head, bucket in zip(LOCAL_HEADS, buckets.tolist()):
+            attention.relative_attention_bias.weight[bucket, head] += LOCAL_BIAS
 
 
 def make_vae(scaling_factor: float = 1.0, shift_factor: float = 0.0, seed: int = 0):

@@ -14,8 +14,6 @@ The runs cover what makes a preview hard to reproduce (see ../shared/notes/konte
                with alpha, an EXIF-rotated JPEG control (orientation 6, which AI Toolkit ignores),
                ``--seed`` and ``seed:`` overrides, control aspect != output aspect, one multiplier
                (the LoRA merged into the bf16 weights while sampling), guidance 2.5
-  shapes_png   float32, ``format: png`` previews (no JPEG loss), no walk_seed (written for the tool; not
-               drawn for the committed demo, which is shapes_bf16 and shapes_odd)
 Every run keeps ``train.steps: 20``, ``save_every: 10``, ``sample_every: 10``: the tool sets the LoRA
 at steps 1 and 11, so previews 0 / 10 / 20 show the base, checkpoint A and checkpoint B.
 """
@@ -135,21 +133,6 @@ def write_runs(out: str | Path) -> Path:
                 OrderedDict(prompt=f"{scenes.STYLE_PREFIX}{o3.instruction}  --w 90 --h 122",
                             ctrl_img=f"{c}tall_80x112.png"),
             ]))}
-
-    # (c) shapes_png
-    d, c = controls("shapes_png"), "shapes_png/control/"
-    p0 = _scene_edit(RUN_SEED + 20, 96, 96, "recolour")
-    p1 = _scene_edit(RUN_SEED + 21, 96, 96, "frame")
-    _save_png(scenes.render(p0.source), d / "recolour_96.png")
-    _save_png(scenes.render(p1.source), d / "frame_96.png")
-    runs["shapes_png"] = {"controls_dir": "controls/shapes_png", "config": _job(
-        "shapes_png", "float32", trigger_word=scenes.TRIGGER, sample=OrderedDict(
-            width=96, height=96, format="png",
-            prompts=[
-                f"{p0.instruction}  --ctrl_img {c}recolour_96.png",
-                f"[trigger] style, {p1.instruction}  --ctrl_img {c}frame_96.png",
-            ],
-            neg="", seed=3, guidance_scale=4, sample_steps=8))}
 
     path = out / "runs.yaml"
     path.write_text(yaml.safe_dump(_plain(runs), sort_keys=False, width=120))

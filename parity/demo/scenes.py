@@ -18,9 +18,10 @@ absolute position embedding):
   background  global: which colour is the background is a property of the whole image
   frame       absolute place: the image border (found relative to the text tokens, whose ids are 0)
   remove      fill a shape's area with the background colour (global colour + local mask)
-A mirror edit is deliberately absent: mapping x to W-1-x needs an attention score that depends on
-the absolute position of the query, which relative RoPE cannot express and a 4-block model did not
-learn in the build's time budget.
+A mirror edit is left out, untried: each output token would have to read the control token at the
+mirrored place, an offset that depends on the token's own absolute position, which attention with
+relative RoPE does not see and would have to infer from the image borders. Edits that need only
+relative places fit the build's time budget with more certainty.
 
 The "zxq style" (``zxq_style``) is what the demo LoRA learns: a fixed navy-to-peach duotone grade
 and a checkerboard of 8 px tiles, every other tile darker. The tiles are the VAE's 8 px latent
