@@ -46,7 +46,7 @@ bench: setup
 
 # The demo model (parity/data/shapes-kontext), trained from nothing, seeded: VAE, transformer, the zxq-style LoRA's
 # two checkpoints, the measured figures (DEMO_OUT/report.json, DEMO_OUT/held-out-edits.png) and the run definitions
-# for genuine AI Toolkit previews (DEMO_OUT/aitk/runs.yaml). ~30 min on 2 free cores. It is written to DEMO_OUT, not
+# for genuine AI Toolkit previews (DEMO_OUT/aitk/runs.yaml). ~36 min on one thread. It is written to DEMO_OUT, not
 # installed: the committed demo runs are genuine previews of the committed model (see README, "Demo model").
 demo-model: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m parity.demo.build --out $(DEMO_OUT) --threads $(DEMO_THREADS)
