@@ -44,8 +44,8 @@ LORA_SEED, LORA_PAIRS, LORA_STEPS, LORA_BATCH, LORA_LR = 3, 1200, 300, 8, 1e-3
 # A: the style half there; B: fully there. Scratch runs, LPIPS(base, LoRA) at multiplier 1 by step: at lr 2e-3
 # 0.16 (20), 0.76 (40); at 1e-3 0.08 (30), 0.33 (40), 0.62 (60), 0.67 (300): the slower rate gives A a partial style.
 LORA_CHECKPOINTS = (40, 300)
-# One LoRA pair in 4 has no trigger and a plain target, so the style is tied to the trigger (in part: a rank-4
-# adapter on every block still styles plain prompts, 0.62 against 0.67 with the trigger).
+# One LoRA pair in 4 has no trigger and a plain target, meant to tie the style to the trigger. It barely does: the
+# rank-4 adapter on every block still styles plain prompts (committed build: LPIPS 0.63, with the trigger 0.69).
 LORA_PLAIN_EVERY = 4
 # Seed ranges never overlap: training pairs, LoRA pairs, factor measurement, held-out evaluation.
 BASE_SEEDS = range(0, BASE_PAIRS)
