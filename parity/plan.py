@@ -69,7 +69,15 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
     if runs:
         from .aitk import load_run, preview_notes, preview_requests
 
-        variants = _mappings(data, "variants") or [{"name": "baseline"}]
+        variants = []  # (fields, train_steps selector, prompts selector), each selector read once
+        for j, variant_spec in enumerate(_mappings(data, "variants") or [{"name": "baseline"}]):
+            merged = {**defaults, **variant_spec}
+            merged.setdefault("name", f"variant{j}")
+            merged.setdefault("profile", PREVIEW_PROFILE)
+            where = f'variant "{merged["name"]}"'
+            variants.append((merged, _step_selector(merged.pop("train_steps", None), f"{where} train_steps"),
+                             _prompt_selector(merged.pop("prompts", None), f"{where} prompts")))
+        selected = [0] * len(variants)  # previews each variant applies to
         steps = _step_selector(spec.get("train_steps"), "previews.train_steps")
         config = config or _optional_path(spec.get("config"), root, "previews.config")
         ctrl_root = ctrl_root or _optional_path(spec.get("ctrl_root"), root, "previews.ctrl_root")
@@ -87,18 +95,16 @@ def _expand(data: dict, root: Path, source: str, previews, config, ctrl_root, un
                 raise ParityError(f"no selected preview of {run.name} can be reproduced: {preview_notes(picked)[0]}")
             reproducible = sorted({r["tags"]["step"] for r in chosen})
             for request in chosen:
-                for j, variant_spec in enumerate(variants):
-                    merged = {**defaults, **variant_spec}
-                    merged.setdefault("name", f"variant{j}")
-                    merged.setdefault("profile", PREVIEW_PROFILE)
-                    only = _step_selector(merged.pop("train_steps", None), f'variant "{merged["name"]}" train_steps')
+                for k, (merged, only, prompts) in enumerate(variants):
                     if request["tags"]["step"] not in _selected(only, reproducible):
                         continue
-                    prompts = _prompt_selector(merged.pop("prompts", None), f'variant "{merged["name"]}" prompts')
                     if prompts is not None and request["tags"]["prompt_index"] not in prompts:
                         continue
+                    selected[k] += 1
                     for variant in _variants(merged):
                         plan.cases.append(_build(request, variant, root, prefix=request["name"]))
+        plan.notes += [f'variant "{merged["name"]}" selects no preview (its train_steps / prompts match none): '
+                       "no case" for (merged, _, _), count in zip(variants, selected) if count == 0]
     elif "previews" in data and not plan.cases:
         raise ParityError("previews: needs `runs:` (or pass --previews)")
     elif data.get("variants"):

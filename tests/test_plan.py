@@ -83,6 +83,10 @@ def test_a_variant_can_be_limited_to_some_sample_prompts(tmp_path):
     assert len([n for n in names if n.endswith("/all")]) == 3
     spec["variants"][1]["prompts"] = 1
     fails(tmp_path, spec, 'variant "some" prompts must be a non-empty list of sample-prompt indices such as [0], not 1')
+    spec["variants"][1]["prompts"] = [7]  # the run has prompts 0-2: the variant draws nothing, and the plan says so
+    plan = plan_of(tmp_path, spec)
+    assert not [c for c in plan.cases if c.name.endswith("/some")]
+    assert 'variant "some" selects no preview (its train_steps / prompts match none): no case' in plan.notes
     spec["variants"][1]["prompts"] = [0, -1]
     fails(tmp_path, spec, 'variant "some" prompts[1] must be an integer >= 0, not -1')
     spec["variants"][1]["prompts"] = [0]
