@@ -9,7 +9,10 @@ from PIL import Image, ImageChops
 rep, want, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 html = (rep / "report.html").read_text()
 sections = re.findall(r'<section class="case"[^>]*>.*?</section>', html, re.S)
-pick = [s for s in sections if (want + " <span") in s.split("</h3>")[0]][0]
+picks = [s for s in sections if (want + " <span") in s.split("</h3>")[0]]
+if not picks:
+    sys.exit(f"{rep / 'report.html'}: no case card named {want}")
+pick = picks[0]
 body = html.index("<body>") + len("<body>")
 page = html[:body] + '<div style="width:1080px;padding:8px">' + pick + "</div></body></html>"
 tmp = rep / "_card.html"

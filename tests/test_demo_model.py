@@ -211,3 +211,9 @@ def test_the_build_runs_end_to_end_at_toy_sizes(tmp_path, monkeypatch):
     assert (tmp_path / "shapes-kontext" / "model_index.json").is_file() and (tmp_path / "aitk" / "runs.yaml").is_file()
     assert json.loads((tmp_path / "report.json").read_text())["timings_s"]["total"] > 0
     assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["zxq_step10.safetensors", "zxq_step5.safetensors"]
+    # --resume reuses the finished stages; a LoRA checkpoint gone missing is trained again, not assumed
+    (tmp_path / "lora" / "zxq_step5.safetensors").unlink()
+    build.build(tmp_path, threads=1, resume=True)
+    log = (tmp_path / "build.log").read_text()
+    assert "VAE reused" in log and "base model reused" in log and "LoRA checkpoints reused" not in log
+    assert (tmp_path / "lora" / "zxq_step5.safetensors").is_file()

@@ -142,8 +142,8 @@ def build(out: Path, threads: int = 1, resume: bool = False) -> dict:
     # 5. LoRA (with --resume, the checkpoints a stopped build saved are reused)
     t0 = time.perf_counter()
     lora_dir = out / "lora"
-    if resume and (stage / "lora_training.json").exists():
-        lora_files = {step: lora_dir / f"zxq_step{step}.safetensors" for step in LORA_CHECKPOINTS}
+    lora_files = {step: _checkpoint(lora_dir, step) for step in LORA_CHECKPOINTS}
+    if resume and (stage / "lora_training.json").exists() and all(p.is_file() for p in lora_files.values()):
         report["lora_training"] = json.loads((stage / "lora_training.json").read_text())
         log("LoRA checkpoints reused from a stopped build")
     else:
@@ -198,6 +198,10 @@ def _train_base(vae, text, report: dict, log):
     return pipe
 
 
+def _checkpoint(lora_dir: Path, step: int) -> Path:
+    return lora_dir / f"zxq_step{step}.safetensors"
+
+
 def _train_lora(pipe, transformer, lora_dir: Path, report: dict, log) -> dict:
     """Step 5: the zxq-style LoRA (PEFT) on the base; returns {step: checkpoint file}."""
     from . import flow, lora, scenes
@@ -208,7 +212,7 @@ def _train_lora(pipe, transformer, lora_dir: Path, report: dict, log) -> dict:
     lora_files = {}
 
     def save_checkpoint(step: int) -> None:
-        path = lora_dir / f"zxq_step{step}.safetensors"
+        path = _checkpoint(lora_dir, step)
         lora.save_aitk_lora(path, lora.aitk_state_dict(transformer), step=step, name="zxq")
         lora_files[step] = path
         log(f"LoRA checkpoint {path.name}")
@@ -242,7 +246,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: faster than 2 for this model's small matrices)")
-    parser.add_argument("--resume", action="store_true", help="reuse the VAE a stopped build saved in DIR/_stages")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse what a stopped build finished in DIR (the VAE, the base model, the LoRA checkpoints)")
     args = parser.parse_args(argv)
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
