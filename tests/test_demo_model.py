@@ -137,7 +137,7 @@ def test_model_does_a_held_out_edit(demo_pipe):
 
 def test_model_recolours_the_shape_the_prompt_names(demo_pipe):
     """The edit that needs word order (which colour is there, which is wanted): 8 held-out scenes of the build's
-    own evaluation (docs/demo-model/report.json: 92% of 25 done)."""
+    own evaluation (docs/demo-model/report.json: 88% of 25 done)."""
     from parity.demo.build import HELD_OUT
     from parity.demo.evaluate import edit_done, generate
 
@@ -196,6 +196,17 @@ def test_odd_run_has_the_awkward_controls():
         assert im.mode == "RGBA" and im.getchannel("A").getextrema()[0] < 255
     with Image.open(control / "exif_orient6_128x96.jpg") as im:
         assert im.getexif().get(0x0112) == 6
+
+
+def test_the_build_warns_of_a_busy_machine_and_rejects_zero_threads(tmp_path, capsys):
+    from parity.demo import build
+
+    assert "--threads 1" in build.busy_machine_warning(2, 1.7)
+    assert build.busy_machine_warning(2, 0.3) is None and build.busy_machine_warning(1, 1.7) is None
+    with pytest.raises(SystemExit) as exc:
+        build.main(["--out", str(tmp_path), "--threads", "0"])
+    assert exc.value.code == 2 and "--threads must be >= 1, not 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_build_runs_end_to_end_at_toy_sizes(tmp_path, monkeypatch):
