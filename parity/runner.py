@@ -150,9 +150,13 @@ class Runner:
         cases = plan.cases if shard is None else [c for i, c in enumerate(plan.cases) if i % shard[1] == shard[0]]
         check_inputs(cases)
         if self.metrics and any(case.preview for case in cases):
-            from .metrics.weights import checkpoint_path
+            from .metrics.lpips import get_model
 
-            checkpoint_path(self.lpips_net)  # a missing LPIPS install fails now, not after the first case
+            # Built here, before the comparison thread starts: loading a pipeline or a LoRA in this thread
+            # patches torch's parameter registration for every thread for a moment (accelerate's and PEFT's
+            # meta-device init), and a network built in the other thread meanwhile got meta tensors ("Cannot
+            # copy out of meta tensor" on one case of a `parity advise` run). A missing LPIPS install fails now too.
+            get_model(self.lpips_net)
         base, device = self.engine.base, str(self.engine.device)
         write_atomic(self.store.dir / PLAN, json.dumps(
             {"source": plan.source, "base": base, "cases": [c.to_dict() for c in plan.cases]}, indent=1))

@@ -118,6 +118,44 @@ def test_serial_metrics_give_identical_images_and_metrics(tmp_path, control_png,
     assert first["metrics_overlapped"] is False  # nothing ran before the first case
 
 
+def test_lpips_is_built_before_the_comparison_thread_can_race_a_model_load(tmp_path, control_png, engine,
+                                                                           monkeypatch):
+    """Loading a pipeline or a LoRA patches torch's parameter registration for every thread for a moment
+    (accelerate's / PEFT's meta-device init). A network built meanwhile in the comparison thread got meta
+    tensors and its case crashed; the runner builds LPIPS on its own thread first. Here every render holds
+    such a patch while the previous case is compared: no case may crash."""
+    import threading
+    import time
+
+    from accelerate import init_empty_weights
+
+    from parity.metrics import lpips
+
+    lpips._cached_model.cache_clear()
+    built_on = []
+    original_init = lpips.LPIPS.__init__
+
+    def recording_init(self, *args, **kwargs):
+        built_on.append(threading.current_thread().name)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(lpips.LPIPS, "__init__", recording_init)
+    render = Runner._render
+
+    def render_while_loading(self, case, pixels):
+        with init_empty_weights():  # as from_pretrained / load_lora_weights do while they build modules
+            time.sleep(0.5)  # the previous case's comparison runs now
+        return render(self, case, pixels)
+
+    monkeypatch.setattr(Runner, "_render", render_while_loading)
+    plan = _compared_plan(tmp_path, control_png)  # no noise floor: it would build LPIPS on this thread anyway
+    summary = Runner(tmp_path / "run", engine=engine, progress=False, noise_floor=0).run(plan)
+    rows = ResultsStore(tmp_path / "run").latest_rows()
+    assert summary.failed == 0 and summary.crashed == [] and len(rows) == 3
+    assert all(r["status"] == "ok" and r["lpips"] >= 0 for r in rows)
+    assert built_on == ["MainThread"]
+
+
 def test_serial_metrics_flag_is_documented():
     from click.testing import CliRunner
 
