@@ -581,6 +581,9 @@ class Advisor:
 
         inputs = self.inputs(self.previews)
         imported = self.run_dir / f"advised-{self.profile}.yaml"
+        # the import (and the printed command) names this folder; a request with no inline image (Prodia's jobs
+        # carry theirs as a separate part) never creates it
+        self.control_dir.mkdir(parents=True, exist_ok=True)
         text, notes = import_request(self.out, self.fmt, out=imported, control_dir=self.control_dir,
                                      lora_dir=self.lora_dir, inputs=inputs)
         write_atomic(imported, text)

@@ -50,7 +50,10 @@ def advised(tmp_path_factory, engine, previews):
     def get(profile: str):
         if profile not in done:
             chosen = previews[:1] if profile in ONE_PREVIEW else previews
-            advisor = Advisor(profile, chosen, out=root / "requests" / f"{profile}.json", run_dir=root / "run",
+            # Prodia's jobs carry their image outside the body, so they never write the import's control folder:
+            # a run folder of their own proves the import back needs none written by another profile
+            run_dir = root / ("run-prodia" if profile == "prodia-dev" else "run")
+            advisor = Advisor(profile, chosen, out=root / "requests" / f"{profile}.json", run_dir=run_dir,
                               engine=engine, search_previews=1, usual_previews=1 if profile == "aitk-inference" else 0,
                               usual={"width": 192, "height": 192, "steps": 8, "guidance": 4.0},
                               attribution=profile in ("fal", "comfyui"), fields=PROFILES[profile], log=lambda _: None)
