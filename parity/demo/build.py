@@ -1,6 +1,7 @@
 """Build the demo model from nothing: ``python -m parity.demo.build --out DIR``.
 
-Steps (each seeded; the same machine and thread count give the same files):
+Steps (each seeded; the same machine and thread count give the same weights; another CPU's kernels sum
+floats in another order: other weights, with figures as good (README, "Demo model")):
  1. tokenizers and seeded random text encoders (frozen);
  2. the VAE, trained on scenes; its scaling/shift factors measured; held-out PSNR;
  3. the transformer, trained with flow matching on pre-encoded (control, prompt) -> target pairs;
@@ -15,9 +16,10 @@ DIR/report.json holds every figure, DIR/held-out-edits.png shows held-out edits.
 Two torch threads by default, for a 2-core machine. On an idle machine they make a training step
 faster than one thread, as long as OpenMP's threads spin while they wait (its default): side by side,
 a base step 0.054 s against 0.081 s, a VAE step 0.11 s against 0.18 s; in the builds, 0.070 s against
-0.097 s and 0.131 s against 0.220 s (the 1-thread build shared the machine part of the time). When another process holds a core, spinning
-threads make every step many times slower (measured ~30x earlier in this project): ``build`` says so
-in its log when the load average shows a busy machine, and ``--threads 1`` is then the faster choice.
+0.097 s and 0.131 s against 0.220 s (the 1-thread build shared the machine part of the time). When
+another process holds a core, spinning threads make every step many times slower (measured ~30x earlier
+in this project): ``build`` says so in its log when the load average shows a busy machine, and
+``--threads 1`` is then the faster choice.
 The thread count changes the order of float sums, so it changes the weights: the committed model is
 the 2-thread build.
 """
