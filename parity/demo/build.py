@@ -1,7 +1,6 @@
 """Build the demo model from nothing: ``python -m parity.demo.build --out DIR``.
 
-Steps (each seeded; the same machine and thread count give the same weights; another CPU's kernels sum
-floats in another order: other weights, with figures as good (README, "Demo model")):
+Steps (each seeded; the same machine and thread count give the same weights, see the end):
  1. tokenizers and seeded random text encoders (frozen);
  2. the VAE, trained on scenes; its scaling/shift factors measured; held-out PSNR;
  3. the transformer, trained with flow matching on pre-encoded (control, prompt) -> target pairs;
@@ -20,7 +19,8 @@ a base step 0.054 s against 0.081 s, a VAE step 0.11 s against 0.18 s; in the bu
 another process holds a core, spinning threads make every step many times slower (measured ~30x earlier
 in this project): ``build`` says so in its log when the load average shows a busy machine, and
 ``--threads 1`` is then the faster choice.
-The thread count changes the order of float sums, so it changes the weights: the committed model is
+The thread count and the CPU's kernels change the order of float sums, so they change the weights
+(another CPU builds other weights, with figures as good: README, "Demo model"); the committed model is
 the 2-thread build.
 """
 from __future__ import annotations
